@@ -1,0 +1,257 @@
+"""Configuration: small frozen dataclasses grouped by concern, with a JSON round trip.
+
+Every dataclass validates itself on construction and raises :class:`ConfigError`
+naming the offending key. ``from_dict`` rejects unknown keys by name. Spatial
+tuples are (z, y, x) unless the name says otherwise; voxel sizes are (x, y, z) um
+because that is how microscopists quote them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .errors import ConfigError
+
+T = TypeVar("T")
+
+TASKS = ("nsn", "ndn")
+OPTIMIZERS = ("sgd", "adam")
+LOSSES = ("ce", "dice", "ce+dice")
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+
+
+def _check(cond: bool, section: str, key: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"invalid {section}.{key}: {msg}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """U-Net family architecture (DESIGN section 2).
+
+    depth: number of down/up samplings (1..5); init_channels: channels c of the
+    first conv; kernel_size: 3, 5 or 7; n_classes: softmax classes of the head.
+    """
+
+    name: str = "nsn"
+    depth: int = 2
+    init_channels: int = 16
+    kernel_size: int = 3
+    n_classes: int = 2
+    input_channels: int = 1
+    batch_norm: bool = True
+
+    def __post_init__(self) -> None:
+        s = "model"
+        _check(isinstance(self.depth, int) and 1 <= self.depth <= 5, s, "depth", f"{self.depth!r} is not an integer in 1..5")
+        _check(isinstance(self.init_channels, int) and self.init_channels >= 1, s, "init_channels",
+               f"{self.init_channels!r} is not a positive integer")
+        _check(self.kernel_size in (3, 5, 7), s, "kernel_size", f"{self.kernel_size!r} is not one of 3, 5, 7")
+        _check(isinstance(self.n_classes, int) and self.n_classes >= 2, s, "n_classes", f"{self.n_classes!r} < 2")
+        _check(isinstance(self.input_channels, int) and self.input_channels >= 1, s, "input_channels",
+               f"{self.input_channels!r} is not a positive integer")
+
+    @property
+    def multiple(self) -> int:
+        """Spatial sizes fed to the network must be multiples of this (2**depth)."""
+        return 2**self.depth
+
+
+PRESETS: dict[str, ModelConfig] = {
+    "nsn": ModelConfig(name="nsn", depth=2, init_channels=16, kernel_size=3),
+    "ndn": ModelConfig(name="ndn", depth=4, init_channels=12, kernel_size=5),
+    "unet3d": ModelConfig(name="unet3d", depth=3, init_channels=32, kernel_size=3),
+}
+
+
+def preset(name: str, **overrides: Any) -> ModelConfig:
+    """The preset architecture ``name`` (nsn, ndn, unet3d) with optional overrides."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}")
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    return dataclasses.replace(PRESETS[name], **overrides)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation. ``task`` decides the target (nsn mask or ndn centre mask) and the
+    validation metric (nsn: IoU, ndn: detection F-measure)."""
+
+    task: str = "nsn"
+    optimizer: str = "sgd"
+    sgd_lr: float = 0.01
+    sgd_momentum: float = 0.9
+    lr_decay: float = 0.5
+    adam_alpha: float = 1e-3
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+    weight_decay: float = 1e-5
+    epochs: int = 50
+    batch_size: int = 1
+    crops_per_volume: int = 4
+    loss: str = "ce"
+    class_weights: tuple[float, float] | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        s = "train"
+        _check(self.task in TASKS, s, "task", f"{self.task!r} is not one of {', '.join(TASKS)}")
+        _check(self.optimizer in OPTIMIZERS, s, "optimizer", f"{self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
+        _check(self.loss in LOSSES, s, "loss", f"{self.loss!r} is not one of {', '.join(LOSSES)}")
+        for key in ("sgd_lr", "adam_alpha", "adam_epsilon"):
+            _check(float(getattr(self, key)) > 0, s, key, "must be > 0")
+        _check(0 < self.lr_decay <= 1, s, "lr_decay", f"{self.lr_decay!r} is not in (0, 1]")
+        _check(0 <= self.sgd_momentum < 1, s, "sgd_momentum", f"{self.sgd_momentum!r} is not in [0, 1)")
+        for key in ("adam_beta1", "adam_beta2"):
+            _check(0 <= float(getattr(self, key)) < 1, s, key, "must be in [0, 1)")
+        _check(self.weight_decay >= 0, s, "weight_decay", "must be >= 0")
+        for key in ("epochs", "batch_size", "crops_per_volume"):
+            v = getattr(self, key)
+            _check(isinstance(v, int) and v >= 1, s, key, f"{v!r} is not a positive integer")
+        if self.class_weights is not None:
+            _check(len(self.class_weights) == 2 and all(w > 0 for w in self.class_weights), s, "class_weights",
+                   "must be two positive numbers")
+
+    @property
+    def metric_name(self) -> str:
+        """Name of the validation reference metric in the Keras logs."""
+        return "val_iou" if self.task == "nsn" else "val_f1"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Data preparation. ``voxel_size`` (x, y, z um) overrides file metadata; the
+    network grid is isotropic at the xy voxel size. ``patch`` is (z, y, x) on that grid.
+    ``ndn_diameter`` is the NDN target sphere diameter in isotropic-grid voxels."""
+
+    voxel_size: tuple[float, float, float] | None = None
+    resample_order: int = 1
+    patch: tuple[int, int, int] = (96, 96, 96)
+    flips: bool = True
+    ndn_diameter: float = 5.0
+    val_fraction: float = 0.2
+
+    def __post_init__(self) -> None:
+        s = "data"
+        if self.voxel_size is not None:
+            _check(len(self.voxel_size) == 3 and all(float(v) > 0 for v in self.voxel_size), s, "voxel_size",
+                   f"{self.voxel_size!r} is not three positive numbers (x, y, z)")
+        _check(self.resample_order in (0, 1, 3), s, "resample_order", f"{self.resample_order!r} is not 0, 1 or 3")
+        _check(len(self.patch) == 3 and all(isinstance(p, int) and p >= 2 for p in self.patch), s, "patch",
+               f"{self.patch!r} is not three integers >= 2 (z, y, x)")
+        _check(self.ndn_diameter > 0, s, "ndn_diameter", "must be > 0")
+        _check(0 <= self.val_fraction < 1, s, "val_fraction", f"{self.val_fraction!r} is not in [0, 1)")
+
+
+@dataclass(frozen=True)
+class PostprocessConfig:
+    """Watershed parameters (reference defaults). ``min_marker_size`` is in voxels of
+    the network grid; NDN components smaller than it are dropped."""
+
+    nsn_threshold: float = 0.5
+    ndn_threshold: float = 0.5
+    min_marker_size: int = 0
+
+    def __post_init__(self) -> None:
+        s = "postprocess"
+        for key in ("nsn_threshold", "ndn_threshold"):
+            _check(0 < float(getattr(self, key)) < 1, s, key, "must be in (0, 1)")
+        _check(isinstance(self.min_marker_size, int) and self.min_marker_size >= 0, s, "min_marker_size",
+               "must be an integer >= 0")
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """Prediction. ``tile`` (z, y, x) forces tiling; otherwise the whole volume is
+    predicted when it fits ``max_memory_gb``, else tiles sized from that budget."""
+
+    precision: str = "auto"
+    tile: tuple[int, int, int] | None = None
+    max_memory_gb: float = 4.0
+    jit: bool = False
+    batch_size: int = 1
+
+    def __post_init__(self) -> None:
+        s = "inference"
+        _check(self.precision in PRECISIONS, s, "precision", f"{self.precision!r} is not one of {', '.join(PRECISIONS)}")
+        if self.tile is not None:
+            _check(len(self.tile) == 3 and all(isinstance(t, int) and t >= 1 for t in self.tile), s, "tile",
+                   f"{self.tile!r} is not three positive integers (z, y, x)")
+        _check(self.max_memory_gb > 0, s, "max_memory_gb", "must be > 0")
+        _check(isinstance(self.batch_size, int) and self.batch_size >= 1, s, "batch_size", "must be >= 1")
+
+
+# --------------------------------------------------------------------------- JSON
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A JSON-ready dict of a config dataclass (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def _coerce(tp: Any, value: Any) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if value is None:
+        return None
+    if origin is tuple or tp is tuple:
+        return tuple(value)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        non_none = [a for a in args if a is not type(None)]
+        return _coerce(non_none[0], value) if non_none else value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def from_dict(cls: type[T], data: dict[str, Any], section: str | None = None) -> T:
+    """Build dataclass ``cls`` from ``data``; unknown keys raise ConfigError naming them."""
+    section = section or cls.__name__
+    if not isinstance(data, dict):
+        raise ConfigError(f"{section}: expected a JSON object, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown key {section}.{unknown[0]} (valid keys: {', '.join(sorted(names))})")
+    kwargs = {k: _coerce(hints[k], v) for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:  # wrong types that the validators trip over
+        raise ConfigError(f"{section}: {exc}") from None
+
+
+def write_json_atomic(path: str | os.PathLike, payload: dict[str, Any]) -> None:
+    """Write ``payload`` as JSON to ``path`` atomically (temp file in the same folder, then rename)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(payload, fh, indent=2, sort_keys=True)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_json(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a JSON object; a missing or malformed file raises ConfigError naming it."""
+    path = Path(path)
+    try:
+        with open(path) as fh:
+            data = json.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: not a readable JSON file ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a JSON object")
+    return data
