@@ -1,0 +1,124 @@
+"""Pre-processing on (z, y, x) numpy arrays: resampling to the isotropic network grid
+and back, min-max normalisation and mirror padding.
+
+Resampling maps voxel centres with half-pixel alignment: output voxel ``i`` of an axis
+resized from ``n_in`` to ``n_out`` samples input coordinate ``(i + 0.5) * n_in / n_out - 0.5``
+(scipy's ``grid_mode=True``), clamped at the borders (``mode='nearest'``).
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import scipy.ndimage as ndi
+
+from .errors import ConfigError
+from .io import VoxelSize
+
+log = logging.getLogger(__name__)
+
+Shape3 = tuple[int, int, int]
+
+
+def zoom_factors(voxel_size: VoxelSize, spacing_um: float) -> tuple[float, float, float]:
+    """Per-axis (z, y, x) factors taking a volume with ``voxel_size`` to an isotropic ``spacing_um`` grid."""
+    if not spacing_um > 0:
+        raise ConfigError(f"spacing_um={spacing_um!r} must be a positive number (micrometres)")
+    vz, vy, vx = voxel_size.zyx
+    return (vz / spacing_um, vy / spacing_um, vx / spacing_um)
+
+
+def resampled_shape(shape: Sequence[int], factors: Sequence[float]) -> Shape3:
+    """Shape after resampling by ``factors``: round(n * f) per axis (as scipy.ndimage.zoom), at least 1."""
+    return tuple(max(1, int(round(n * f))) for n, f in zip(shape, factors))  # type: ignore[return-value]
+
+
+def _linear_axis(volume: np.ndarray, axis: int, n_out: int) -> np.ndarray:
+    """Linear interpolation of ``volume`` along ``axis`` to ``n_out`` samples (half-pixel centres)."""
+    n_in = volume.shape[axis]
+    coords = np.clip((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0, n_in - 1)
+    i0 = np.floor(coords).astype(np.intp)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    weight_shape = [1] * volume.ndim
+    weight_shape[axis] = n_out
+    w = (coords - i0).astype(np.float32).reshape(weight_shape)
+    a0 = np.take(volume, i0, axis=axis)
+    return a0 + (np.take(volume, i1, axis=axis) - a0) * w
+
+
+def resample(volume: np.ndarray, factors: Sequence[float], order: int = 1) -> np.ndarray:
+    """Resample a (z, y, x) volume by per-axis ``factors`` with spline ``order`` 0, 1 or 3 -> float32.
+
+    The output shape is :func:`resampled_shape`; axes whose size does not change are
+    returned untouched. Order 1 runs as separable 1D interpolation (several times faster
+    than scipy's 3D zoom); orders 0 and 3 use scipy.ndimage.zoom.
+    """
+    if order not in (0, 1, 3):
+        raise ConfigError(f"resample order {order!r} is not 0, 1 or 3")
+    out_shape = resampled_shape(volume.shape, factors)
+    result = np.asarray(volume, dtype=np.float32)
+    if out_shape == result.shape:
+        return result.copy() if result is volume else result
+    if order == 1:
+        for axis, n_out in enumerate(out_shape):
+            if n_out != result.shape[axis]:
+                result = _linear_axis(result, axis, n_out)
+        return result
+    zoom = [n_out / n_in for n_in, n_out in zip(result.shape, out_shape)]
+    return ndi.zoom(result, zoom, order=order, mode="nearest", grid_mode=True, output=np.float32)
+
+
+def resize_labels(labels: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """Nearest-neighbour resize of a label/mask image to exactly ``shape`` (dtype kept).
+
+    Output index ``i`` takes source index floor((i + 0.5) * n_in / n_out), computed in
+    integers, so upsampling then resizing back returns the original exactly.
+    """
+    if len(shape) != labels.ndim:
+        raise ValueError(f"target shape {tuple(shape)} does not match a {labels.ndim}D label image")
+    result = labels
+    for axis, n_out in enumerate(shape):
+        n_in = result.shape[axis]
+        if n_out != n_in:
+            index = ((2 * np.arange(n_out) + 1) * n_in) // (2 * n_out)
+            result = np.take(result, index, axis=axis)
+    return result if result is not labels else labels.copy()
+
+
+def normalize(volume: np.ndarray) -> np.ndarray:
+    """Min-max normalise to [0, 1] as float32; a constant volume gives zeros."""
+    v = np.asarray(volume, dtype=np.float32)
+    if v.size == 0:
+        return v.copy()
+    lo, hi = float(v.min()), float(v.max())
+    if hi <= lo:
+        return np.zeros_like(v)
+    return ((v - lo) / (hi - lo)).astype(np.float32)
+
+
+def mirror_pad(volume: np.ndarray, pad: int | Sequence[tuple[int, int]]) -> np.ndarray:
+    """Reflect-pad (dcb|abcd|cba) by ``pad`` (an int, or per-axis (before, after) pairs as np.pad).
+
+    Pads longer than an axis reflect repeatedly; a length-1 axis repeats its value.
+    """
+    return np.pad(volume, pad, mode="reflect")
+
+
+def pad_to_multiple(volume: np.ndarray, multiple: int, min_shape: Sequence[int] | None = None
+                    ) -> tuple[np.ndarray, tuple[slice, ...]]:
+    """Mirror-pad at the end of each axis to a multiple of ``multiple`` (and at least ``min_shape``).
+
+    Returns the padded array and the slices with ``padded[slices]`` equal to ``volume``.
+    """
+    if not (isinstance(multiple, (int, np.integer)) and multiple >= 1):
+        raise ValueError(f"multiple={multiple!r} must be a positive integer")
+    minimum = tuple(min_shape) if min_shape is not None else (1,) * volume.ndim
+    if len(minimum) != volume.ndim:
+        raise ValueError(f"min_shape {minimum} does not match a {volume.ndim}D volume")
+    target = [-(-max(n, m) // multiple) * multiple for n, m in zip(volume.shape, minimum)]
+    pads = [(0, t - n) for n, t in zip(volume.shape, target)]
+    slices = tuple(slice(0, n) for n in volume.shape)
+    if not any(after for _, after in pads):
+        return volume, slices
+    return mirror_pad(volume, pads), slices
