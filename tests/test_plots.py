@@ -1,0 +1,129 @@
+"""Figures: files written, valid PNGs, edge cases, outline colours where they belong."""
+from __future__ import annotations
+
+import io as _io
+
+import numpy as np
+import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.image import imread
+
+from qca_tf.errors import InputError
+from qca_tf.io import VoxelSize
+from qca_tf.plots import (label_colour, outline_rgba, plot_quicklook, plot_timeseries, quicklook_figure)
+
+
+def _summary(t, count, vol=None, vol_sd=None, surf=None, surf_sd=None):
+    return {"timepoint": t, "count": count, "volume_sum_um3": (vol or 0.0) * count, "volume_mean_um3": vol,
+            "volume_sd_um3": vol_sd, "surface_sum_um2": (surf or 0.0) * count, "surface_mean_um2": surf,
+            "surface_sd_um2": surf_sd}
+
+
+def _nucleus(t, label, z, y, x):
+    return {"timepoint": t, "label": label, "volume_um3": 500.0, "surface_um2": 300.0, "centroid_z_um": z,
+            "centroid_y_um": y, "centroid_x_um": x}
+
+
+def _read_png(path):
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    return imread(path)
+
+
+def _is_grey(rgb, tol=0.02):
+    return np.ptp(rgb[..., :3], axis=-1) <= tol
+
+
+def test_timeseries_png(tmp_path):
+    rng = np.random.default_rng(1)
+    summary = [_summary(t, 2 ** t, 500 - 50 * t, 20.0, 300 - 20 * t, 10.0) for t in range(4)]
+    nuclei = [_nucleus(t, k + 1, *rng.uniform(0, 50, 3)) for t in range(4) for k in range(2 ** t)]
+    out = tmp_path / "plots" / "timeseries.png"  # folder created
+    plot_timeseries(summary, nuclei, out, time_unit="frame")
+    img = _read_png(out)
+    assert img.shape[0] > 800 and img.shape[1] > 1000  # 11 x 8.5 in at 150 dpi
+    assert not _is_grey(img).all()  # coloured curves and points
+    assert [p.name for p in out.parent.iterdir()] == ["timeseries.png"]  # no temp file left
+
+
+def test_timeseries_from_csv_strings_single_timepoint(tmp_path):
+    summary = [{k: ("" if v is None else str(v)) for k, v in _summary(5, 1, 480.0, 0.0, 290.0, 0.0).items()}]
+    nuclei = [{k: str(v) for k, v in _nucleus(5, 1, 10.0, 20.0, 30.0).items()}]
+    out = tmp_path / "one.png"
+    plot_timeseries(summary, nuclei, out)
+    assert _read_png(out).shape[0] > 800
+
+
+def test_timeseries_zero_nuclei(tmp_path):
+    plot_timeseries([_summary(0, 0), _summary(1, 0)], [], tmp_path / "none.png")
+    assert _read_png(tmp_path / "none.png").shape[1] > 1000
+    plot_timeseries([], [], tmp_path / "empty.png")
+    assert _read_png(tmp_path / "empty.png").shape[1] > 1000
+
+
+def test_outline_rgba_known_pixels():
+    proj = np.zeros((12, 12), np.int32)
+    proj[2:6, 2:6] = 3
+    proj[7:11, 2:10] = 40
+    rgba = outline_rgba(proj)
+    assert rgba.shape == (12, 12, 4)
+    np.testing.assert_allclose(rgba[2, 3], (*label_colour(3), 1.0))  # top edge of label 3
+    np.testing.assert_allclose(rgba[8, 9], (*label_colour(40), 1.0))  # right edge of label 40
+    assert rgba[3, 3, 3] == 0.0 and rgba[8, 5, 3] == 0.0  # interiors transparent
+    assert rgba[0, 0, 3] == 0.0 and rgba[6, 6, 3] == 0.0  # background transparent
+    assert not np.allclose(label_colour(3), label_colour(40))
+    assert all(np.ptp(label_colour(i)) > 0.5 for i in range(1, 50))  # saturated, never grey
+
+
+def _render(fig):
+    buffer = _io.BytesIO()
+    FigureCanvasAgg(fig).print_png(buffer)
+    buffer.seek(0)
+    return imread(buffer)
+
+
+def _pixel(img, ax, x, y):
+    """RGB of the rendered PNG at data coordinates (x, y) of ``ax``."""
+    dx, dy = ax.transData.transform((x, y))
+    return img[int(round(img.shape[0] - dy)), int(round(dx)), :3]
+
+
+def test_quicklook_outline_pixels_are_coloured():
+    rng = np.random.default_rng(0)
+    image = rng.normal(100, 10, (6, 20, 20)).astype(np.float32)
+    labels = np.zeros(image.shape, np.int32)
+    labels[1:5, 5:15, 5:15] = 7
+    image[labels > 0] += 200
+    fig = quicklook_figure(image, labels, None, title="t0")
+    img = _render(fig)
+    ax_xy, ax_xz = fig.axes
+    assert np.allclose(_pixel(img, ax_xy, 10, 5), label_colour(7), atol=0.02)  # top edge in the xy view
+    assert np.allclose(_pixel(img, ax_xz, 14, 3), label_colour(7), atol=0.02)  # right edge in the xz view
+    for ax, x, y in ((ax_xy, 7, 7), (ax_xy, 1, 1), (ax_xz, 7, 2), (ax_xz, 18, 0)):
+        assert _is_grey(_pixel(img, ax, x, y)), (x, y)  # interior and background stay grey
+    no_labels = _render(quicklook_figure(image, np.zeros_like(labels)))
+    assert _is_grey(no_labels).all()
+
+
+def test_quicklook_physical_proportions(tmp_path):
+    vs = VoxelSize(x=0.5, y=0.5, z=2.0)
+    image = np.zeros((10, 30, 40), np.uint16)
+    labels = np.zeros(image.shape, np.int32)
+    labels[2:8, 10:20, 10:30] = 1
+    fig = quicklook_figure(image, labels, vs)
+    fig.canvas.draw()
+    ax_xy, ax_xz = fig.axes
+    for ax, height_um in ((ax_xy, 30 * 0.5), (ax_xz, 10 * 2.0)):
+        box = ax.get_window_extent()
+        assert box.height / box.width == pytest.approx(height_um / (40 * 0.5), rel=0.02)
+    assert "µm" in ax_xz.get_ylabel()
+    out = tmp_path / "q" / "ql.png"
+    plot_quicklook(image, labels, out, vs, title="constant image")
+    assert _read_png(out).shape[1] > 500
+
+
+def test_quicklook_empty_and_bad_input(tmp_path):
+    out = tmp_path / "empty.png"
+    plot_quicklook(np.zeros((3, 8, 8)), np.zeros((3, 8, 8), np.int32), out)
+    assert _read_png(out).shape[0] > 100
+    with pytest.raises(InputError, match="image"):
+        plot_quicklook(np.zeros((3, 8, 9)), np.zeros((3, 8, 8), np.int32), out)
