@@ -1,0 +1,94 @@
+"""Training: tiny networks learn the synthetic embryo; schedule, best-epoch folder, resume."""
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from qca_tf import train as train_mod
+from qca_tf.config import DataConfig, ModelConfig, TrainConfig
+from qca_tf.modelio import load_model_folder
+
+TINY = dict(depth=2, init_channels=4, kernel_size=3)
+DATA = DataConfig(patch=(32, 32, 32), val_fraction=0.34)
+
+
+def _cfg(task: str, epochs: int, **kw) -> TrainConfig:
+    return TrainConfig(task=task, optimizer="adam", adam_alpha=3e-3, epochs=epochs, crops_per_volume=8,
+                       loss="ce+dice", seed=0, **kw)
+
+
+def test_tiny_nsn_learns_synthetic_embryo(synth_dataset, tmp_path):
+    root, _ = synth_dataset
+    res = train_mod.train(root, tmp_path / "nsn", ModelConfig(name="nsn", **TINY), _cfg("nsn", 8), DATA, verbose=0)
+    assert res.metric_name == "val_iou"
+    assert res.best_metric >= 0.7
+    loaded = load_model_folder(tmp_path / "nsn")
+    info = json.loads((tmp_path / "nsn" / "config.json").read_text())
+    assert info["task"] == "nsn" and info["spacing_um"] == pytest.approx(0.8)
+    assert loaded.model_cfg.init_channels == 4
+    rows = list(csv.DictReader(open(tmp_path / "nsn" / "epochs.csv")))
+    assert [int(r["epoch"]) for r in rows] == list(range(1, 9))
+    assert max(float(r["metric"]) for r in rows) == pytest.approx(res.best_metric, abs=1e-6)
+    assert not (tmp_path / "nsn" / ".resume").exists()  # finished: no resume state left
+
+
+def test_tiny_ndn_finds_most_centres_from_labels(synth_dataset, tmp_path):
+    """NDN targets made from labels/ when ndn/ is absent; F-measure >= 0.7."""
+    import shutil
+
+    root, _ = synth_dataset
+    data = tmp_path / "data"
+    shutil.copytree(root / "images", data / "images")
+    shutil.copytree(root / "labels", data / "labels")
+    res = train_mod.train(data, tmp_path / "ndn", ModelConfig(name="ndn", **TINY), _cfg("ndn", 12), DATA, verbose=0)
+    assert res.metric_name == "val_f1"
+    assert res.best_metric >= 0.7
+
+
+def test_decay_on_drop_replay():
+    rows = [{"lr": 0.1, "metric": 0.5}, {"lr": 0.1, "metric": 0.4}, {"lr": 0.05, "metric": 0.6},
+            {"lr": 0.05, "metric": 0.3}]
+    # drop after epoch 2 -> 0.05; rise at 3 -> 0.05; drop at 4 -> 0.025
+    assert train_mod._decayed_lr(rows, 0.1, 0.5) == pytest.approx(0.025)
+    assert train_mod._decayed_lr([], 0.1, 0.5) == pytest.approx(0.1)
+
+
+def test_sgd_optimizer_and_schedule_in_fit(synth_dataset, tmp_path):
+    root, _ = synth_dataset
+    cfg = TrainConfig(task="nsn", optimizer="sgd", sgd_lr=0.05, lr_decay=0.5, epochs=3, crops_per_volume=2, seed=0)
+    res = train_mod.train(root, tmp_path / "m", ModelConfig(name="nsn", depth=1, init_channels=2), cfg, DATA,
+                          verbose=0)
+    lrs = [float(r["lr"]) for r in res.history]
+    metrics = [float(r["metric"]) for r in res.history]
+    assert lrs[0] == pytest.approx(0.05)
+    for i in range(1, len(lrs)):  # the lr of epoch i follows the decision after epoch i-1
+        expected = lrs[i - 1] * (0.5 if metrics[i - 1] < (metrics[i - 2] if i >= 2 else -np.inf) else 1.0)
+        assert lrs[i] == pytest.approx(expected)
+
+
+def test_interrupted_training_resumes(synth_dataset, tmp_path, monkeypatch):
+    root, _ = synth_dataset
+    cfg = TrainConfig(task="nsn", optimizer="adam", epochs=3, crops_per_volume=1, seed=0)
+    model_cfg = ModelConfig(name="nsn", depth=1, init_channels=2)
+    original = train_mod.EpochCallback.on_epoch_end
+    calls = []
+
+    def crash_at_second_epoch(self, epoch, logs=None):
+        calls.append(epoch)
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return original(self, epoch, logs)
+
+    monkeypatch.setattr(train_mod.EpochCallback, "on_epoch_end", crash_at_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train_mod.train(root, tmp_path / "m", model_cfg, cfg, DATA, verbose=0)
+    assert (tmp_path / "m" / ".resume").exists()
+    monkeypatch.setattr(train_mod.EpochCallback, "on_epoch_end",
+                        lambda self, epoch, logs=None: (calls.append(epoch), original(self, epoch, logs))[1])
+    res = train_mod.train(root, tmp_path / "m", model_cfg, cfg, DATA, verbose=0)
+    assert calls == [0, 1, 1, 2]  # the second run started at the interrupted epoch
+    assert [int(r["epoch"]) for r in res.history] == [1, 2, 3]
+    assert not (tmp_path / "m" / ".resume").exists()
