@@ -1,0 +1,111 @@
+"""The click CLI through CliRunner: synth, train, and one-line errors for user mistakes."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import tifffile
+from click.testing import CliRunner
+
+from qca_tf import io
+from qca_tf.cli import main
+
+VOXEL = io.VoxelSize(0.8, 0.8, 1.75)
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def one_line_error(result, *fragments):
+    assert result.exit_code == 1, result.output
+    lines = [ln for ln in result.output.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    for f in fragments:
+        assert f in lines[0], lines[0]
+    assert "Traceback" not in result.output
+
+
+def test_synth_writes_layout_with_voxel_size(tmp_path):
+    res = invoke("synth", tmp_path / "s", "--timepoints", 2, "--shape", 12, 48, 48, "--nuclei", 3, "--seed", 4)
+    assert res.exit_code == 0, res.output
+    for sub in ("images", "nsn", "ndn", "labels"):
+        assert sorted(p.name for p in (tmp_path / "s" / sub).iterdir()) == ["t0000.tif", "t0001.tif"]
+    assert io.read_voxel_size(tmp_path / "s" / "images" / "t0000.tif") == VOXEL
+
+
+def test_train_cli_one_epoch_and_summary(synth_dataset, tmp_path):
+    root, _ = synth_dataset
+    res = invoke("train", "nsn", "--data", root, "--out", tmp_path / "m", "--epochs", 1, "--patch", 16,
+                 "--depth", 1, "--init-channels", 2, "--crops-per-volume", 1, "--optimizer", "adam")
+    assert res.exit_code == 0, res.output
+    assert "best val_iou" in res.output
+    assert (tmp_path / "m" / "model.keras").exists() and (tmp_path / "m" / "config.json").exists()
+
+
+def test_train_reference_layout_accepted(synth_dataset, tmp_path):
+    root, _ = synth_dataset
+    ref = tmp_path / "ref"
+    shutil.copytree(root / "images", ref / "images_raw")
+    shutil.copytree(root / "ndn", ref / "images_ndn")
+    res = invoke("train", "ndn", "--data", ref, "--out", tmp_path / "m", "--epochs", 1, "--patch", 16,
+                 "--depth", 1, "--init-channels", 2, "--crops-per-volume", 1)
+    assert res.exit_code == 0, res.output
+    assert "best val_f1" in res.output
+
+
+@pytest.fixture()
+def bad_dataset(synth_dataset, tmp_path):
+    root, _ = synth_dataset
+    data = tmp_path / "bad"
+    shutil.copytree(root, data)
+    return data
+
+
+def test_missing_folder(tmp_path):
+    one_line_error(invoke("train", "nsn", "--data", tmp_path / "nope", "--out", tmp_path / "m"), "nope")
+
+
+def test_unpaired_mask(bad_dataset, tmp_path):
+    shutil.copy(bad_dataset / "nsn" / "t0000.tif", bad_dataset / "nsn" / "extra.tif")
+    one_line_error(invoke("train", "nsn", "--data", bad_dataset, "--out", tmp_path / "m"), "extra.tif")
+
+
+def test_image_without_mask(bad_dataset, tmp_path):
+    (bad_dataset / "nsn" / "t0001.tif").unlink()
+    one_line_error(invoke("train", "nsn", "--data", bad_dataset, "--out", tmp_path / "m"), "t0001.tif")
+
+
+def test_mismatched_shapes(bad_dataset, tmp_path):
+    mask = io.read_stack(bad_dataset / "nsn" / "t0002.tif")
+    io.write_stack(bad_dataset / "nsn" / "t0002.tif", mask[:, :40], VOXEL)
+    one_line_error(invoke("train", "nsn", "--data", bad_dataset, "--out", tmp_path / "m"), "t0002.tif", "shape")
+
+
+def test_2d_image(bad_dataset, tmp_path):
+    tifffile.imwrite(bad_dataset / "images" / "t0001.tif", np.ones((64, 64), np.uint16))
+    one_line_error(invoke("train", "nsn", "--data", bad_dataset, "--out", tmp_path / "m"), "t0001.tif", "2D")
+
+
+def test_unreadable_file(bad_dataset, tmp_path):
+    (bad_dataset / "images" / "t0000.tif").write_bytes(b"this is not a tiff")
+    one_line_error(invoke("train", "nsn", "--data", bad_dataset, "--out", tmp_path / "m"), "t0000.tif")
+
+
+def test_empty_mask(bad_dataset, tmp_path):
+    mask = io.read_stack(bad_dataset / "nsn" / "t0001.tif")
+    io.write_stack(bad_dataset / "nsn" / "t0001.tif", np.zeros_like(mask), VOXEL)
+    one_line_error(invoke("train", "nsn", "--data", bad_dataset, "--out", tmp_path / "m"), "t0001.tif", "empty mask")
+
+
+def test_missing_voxel_size(bad_dataset, tmp_path):
+    image = io.read_stack(bad_dataset / "images" / "t0000.tif")
+    tifffile.imwrite(bad_dataset / "images" / "t0000.tif", image)  # no metadata
+    one_line_error(invoke("train", "nsn", "--data", bad_dataset, "--out", tmp_path / "m"), "t0000.tif", "--voxel-size")
+
+
+def test_invalid_option_value_named(synth_dataset, tmp_path):
+    root, _ = synth_dataset
+    one_line_error(invoke("train", "nsn", "--data", root, "--out", tmp_path / "m", "--lr-decay", 3),
+                   "train.lr_decay")
