@@ -171,9 +171,9 @@ def _parse_shard(value: str | None) -> tuple[int, int]:
     try:
         i, n = (int(v) for v in value.split("/"))
     except ValueError:
-        raise click.BadParameter(f"{value!r} is not I/N (e.g. 0/4)", param_hint="--shard") from None
+        raise click.ClickException(f"--shard {value!r} is not I/N (e.g. 0/4)") from None
     if not (n >= 1 and 0 <= i < n):
-        raise click.BadParameter(f"{value!r}: need N >= 1 and 0 <= I < N", param_hint="--shard")
+        raise click.ClickException(f"--shard {value!r}: need N >= 1 and 0 <= I < N")
     return (i, n)
 
 
@@ -335,7 +335,7 @@ def bundle(nsn: Path, ndn: Path, out_dir: Path, nsn_threshold, ndn_threshold, mi
               type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
 @click.option("--seed", default=0, show_default=True, help="Random seed.")
 @click.option("--timepoints", default=6, show_default=True, type=click.IntRange(1), help="Test time points.")
-@click.option("--epochs", default=8, show_default=True, type=click.IntRange(1), help="Training epochs per network.")
+@click.option("--epochs", default=12, show_default=True, type=click.IntRange(1), help="Training epochs per network.")
 def demo(out_dir: Path, seed: int, timepoints: int, epochs: int) -> None:
     """Synthetic embryo -> train NSN + NDN -> predict -> evaluate, in a few minutes on a CPU."""
     _tensorflow()

@@ -158,11 +158,11 @@ def predict_probabilities(loaded: LoadedModel, volume: np.ndarray, cfg: Inferenc
     margin = tile_margin(mc)
     core = _choose_core(mc, padded.shape, cfg, margin, _itemsize(loaded))
     if core is None:
-        log.info("predicting the whole volume %s", padded.shape)
+        log.debug("predicting the whole volume %s", padded.shape)
         return np.ascontiguousarray(forward(padded[None, ..., None])[0][crop])
 
     tiles = plan_tiles(padded.shape, core, margin, mc.multiple)
-    log.info("predicting %s in %d tiles (core %s, margin %d, batch %d)", padded.shape, len(tiles), core, margin,
+    log.debug("predicting %s in %d tiles (core %s, margin %d, batch %d)", padded.shape, len(tiles), core, margin,
              cfg.batch_size)
     groups: dict[tuple[int, ...], list] = {}
     for tile in tiles:

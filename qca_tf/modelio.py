@@ -129,7 +129,7 @@ def save_model_folder(
         "qca_tf_version": __version__,
     }
     write_json_atomic(folder / CONFIG_NAME, payload)
-    log.info("saved model folder %s", folder)
+    log.debug("saved model folder %s", folder)
 
 
 def read_model_config(folder: str | os.PathLike) -> tuple[dict, ModelConfig]:

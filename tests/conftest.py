@@ -27,3 +27,36 @@ def synth_dataset(tmp_path_factory):
     series = synthetic.make_series(small_embryo())
     synthetic.write_dataset(root, series, VOXEL)
     return root, series
+
+
+TINY = dict(depth=2, init_channels=4, kernel_size=3)
+
+
+def tiny_train_config(task: str, epochs: int):
+    from qca_tf.config import TrainConfig
+
+    return TrainConfig(task=task, optimizer="adam", adam_alpha=3e-3, epochs=epochs, crops_per_volume=8,
+                       loss="ce+dice", seed=0)
+
+
+@pytest.fixture(scope="session")
+def trained_bundle(synth_dataset, tmp_path_factory):
+    """Tiny NSN (8 epochs) and NDN (12 epochs, targets made from labels/) trained on the
+    synthetic dataset, combined into a QCANet bundle. Returns (bundle folder, results)."""
+    import shutil
+
+    from qca_tf.config import DataConfig, ModelConfig, PostprocessConfig
+    from qca_tf.predict import save_bundle
+    from qca_tf.train import train
+
+    root, _ = synth_dataset
+    bundle = tmp_path_factory.mktemp("bundle")
+    labels_only = tmp_path_factory.mktemp("labels_only")
+    shutil.copytree(root / "images", labels_only / "images")
+    shutil.copytree(root / "labels", labels_only / "labels")
+    data = DataConfig(patch=(32, 32, 32), val_fraction=0.34)
+    nsn = train(root, bundle / "nsn", ModelConfig(name="nsn", **TINY), tiny_train_config("nsn", 8), data, verbose=0)
+    ndn = train(labels_only, bundle / "ndn", ModelConfig(name="ndn", **TINY), tiny_train_config("ndn", 12), data,
+                verbose=0)
+    save_bundle(bundle, PostprocessConfig())
+    return bundle, {"nsn": nsn, "ndn": ndn}

@@ -11,41 +11,30 @@ from qca_tf import train as train_mod
 from qca_tf.config import DataConfig, ModelConfig, TrainConfig
 from qca_tf.modelio import load_model_folder
 
-TINY = dict(depth=2, init_channels=4, kernel_size=3)
 DATA = DataConfig(patch=(32, 32, 32), val_fraction=0.34)
 
 
-def _cfg(task: str, epochs: int, **kw) -> TrainConfig:
-    return TrainConfig(task=task, optimizer="adam", adam_alpha=3e-3, epochs=epochs, crops_per_volume=8,
-                       loss="ce+dice", seed=0, **kw)
-
-
-def test_tiny_nsn_learns_synthetic_embryo(synth_dataset, tmp_path):
-    root, _ = synth_dataset
-    res = train_mod.train(root, tmp_path / "nsn", ModelConfig(name="nsn", **TINY), _cfg("nsn", 8), DATA, verbose=0)
+def test_tiny_nsn_learns_synthetic_embryo(trained_bundle):
+    bundle, results = trained_bundle
+    res = results["nsn"]
     assert res.metric_name == "val_iou"
     assert res.best_metric >= 0.7
-    loaded = load_model_folder(tmp_path / "nsn")
-    info = json.loads((tmp_path / "nsn" / "config.json").read_text())
+    loaded = load_model_folder(bundle / "nsn")
+    info = json.loads((bundle / "nsn" / "config.json").read_text())
     assert info["task"] == "nsn" and info["spacing_um"] == pytest.approx(0.8)
     assert loaded.model_cfg.init_channels == 4
-    rows = list(csv.DictReader(open(tmp_path / "nsn" / "epochs.csv")))
+    rows = list(csv.DictReader(open(bundle / "nsn" / "epochs.csv")))
     assert [int(r["epoch"]) for r in rows] == list(range(1, 9))
     assert max(float(r["metric"]) for r in rows) == pytest.approx(res.best_metric, abs=1e-6)
-    assert not (tmp_path / "nsn" / ".resume").exists()  # finished: no resume state left
+    assert info["metrics"]["best_epoch"] == res.best_epoch
+    assert not (bundle / "nsn" / ".resume").exists()  # finished: no resume state left
 
 
-def test_tiny_ndn_finds_most_centres_from_labels(synth_dataset, tmp_path):
-    """NDN targets made from labels/ when ndn/ is absent; F-measure >= 0.7."""
-    import shutil
-
-    root, _ = synth_dataset
-    data = tmp_path / "data"
-    shutil.copytree(root / "images", data / "images")
-    shutil.copytree(root / "labels", data / "labels")
-    res = train_mod.train(data, tmp_path / "ndn", ModelConfig(name="ndn", **TINY), _cfg("ndn", 12), DATA, verbose=0)
-    assert res.metric_name == "val_f1"
-    assert res.best_metric >= 0.7
+def test_tiny_ndn_finds_most_centres_from_labels(trained_bundle):
+    """NDN trained on targets made from labels/ (no ndn/ folder): F-measure >= 0.7."""
+    _, results = trained_bundle
+    assert results["ndn"].metric_name == "val_f1"
+    assert results["ndn"].best_metric >= 0.7
 
 
 def test_decay_on_drop_replay():
