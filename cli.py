@@ -7,7 +7,6 @@ commands, so ``qca-tf --help`` answers at once. A user mistake (a
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -214,7 +213,7 @@ def predict(inputs, out_dir: Path, bundle, nsn, ndn, voxel_size, nsn_threshold, 
     """
     import dataclasses
 
-    from qca_tf.config import InferenceConfig, PostprocessConfig
+    from qca_tf.config import InferenceConfig
     from qca_tf.io import VoxelSize
 
     shard_t = _parse_shard(shard)

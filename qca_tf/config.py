@@ -10,9 +10,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -230,16 +229,11 @@ def from_dict(cls: type[T], data: dict[str, Any], section: str | None = None) ->
 
 def write_json_atomic(path: str | os.PathLike, payload: dict[str, Any]) -> None:
     """Write ``payload`` as JSON to ``path`` atomically (temp file in the same folder, then rename)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(payload, fh, indent=2, sort_keys=True)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from .atomic import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "w") as fh:
+        json.dump(payload, fh, indent=2, sort_keys=True)
+        fh.write("\n")
 
 
 def read_json(path: str | os.PathLike) -> dict[str, Any]:

@@ -72,7 +72,6 @@ def run_demo(out: str | os.PathLike, *, seed: int = 0, timepoints: int = 6, epoc
     save_bundle(bundle, PostprocessConfig())
 
     from .infer import resolve_precision
-    from .predict import PredictOptions
 
     nets = load_networks(bundle=bundle, precision=resolve_precision("auto"))
     prediction = out / "prediction"

@@ -10,7 +10,6 @@ import logging
 import math
 import os
 import re
-import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
+from .atomic import atomic_path
 from .errors import InputError, OutputError
 
 log = logging.getLogger(__name__)
@@ -252,19 +252,8 @@ def write_stack(path: str | os.PathLike, array: np.ndarray, voxel_size: VoxelSiz
     if voxel_size is not None:
         metadata.update(spacing=voxel_size.z, unit="um")
         kwargs["resolution"] = (1.0 / voxel_size.x, 1.0 / voxel_size.y)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-    except OSError as exc:
-        raise OutputError(f"{path}: cannot write there ({exc.strerror or _reason(exc)})") from None
-    try:
+    with atomic_path(path) as tmp:
         tifffile.imwrite(tmp, data, imagej=True, metadata=metadata, **kwargs)
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise OutputError(f"{path}: cannot write there ({exc.strerror or _reason(exc)})") from None
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     log.debug("wrote %s %s %s", path, data.shape, data.dtype)
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from .atomic import atomic_path
 from . import __version__
 from .config import DataConfig, ModelConfig, TASKS, TrainConfig, from_dict, read_json, to_dict, write_json_atomic
 from .errors import ConfigError, ModelError, OutputError
@@ -110,14 +110,8 @@ def save_model_folder(
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"{folder}: cannot create the model folder ({exc.strerror})") from None
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".model-", suffix=".keras")
-    os.close(fd)
-    try:
+    with atomic_path(folder / KERAS_NAME, suffix=".keras") as tmp:
         model.save(tmp, overwrite=True)
-        os.replace(tmp, folder / KERAS_NAME)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     payload = {
         "format": FORMAT,
         "task": task,

@@ -8,8 +8,6 @@ import colorsys
 import logging
 import math
 import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,7 +19,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from skimage.segmentation import find_boundaries
 
-from .errors import InputError, OutputError
+from .atomic import atomic_path
+from .errors import InputError
 from .io import VoxelSize
 from .postprocess import as_label_image
 from .targets import centroids
@@ -34,22 +33,8 @@ DPI = 150
 def save_png_atomic(fig: Figure, out_png: str | os.PathLike) -> None:
     """Render ``fig`` to ``out_png`` (PNG, 150 dpi): temp file in the same folder (created
     if missing), then rename."""
-    path = Path(out_png)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    except OSError as exc:
-        raise OutputError(f"{path}: cannot write ({exc.strerror or exc})") from None
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            FigureCanvasAgg(fig).print_png(fh, metadata={"Software": "qca_tf"})
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise OutputError(f"{path}: cannot write ({exc.strerror or exc})") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(out_png, suffix=".png") as tmp, open(tmp, "wb") as fh:
+        FigureCanvasAgg(fig).print_png(fh, metadata={"Software": "qca_tf"})
 
 
 def _num(value: Any) -> float:

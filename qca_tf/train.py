@@ -13,7 +13,6 @@ import csv
 import logging
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from . import io, losses, metrics, modelio, preprocess
+from .atomic import atomic_path
 from .config import DataConfig, ModelConfig, TrainConfig, read_json
 from .data import VolumeSpec, check_volume, training_dataset, validation_dataset
 from .errors import InputError, OutputError
@@ -132,12 +132,10 @@ def _decayed_lr(rows: list[dict], base_lr: float, decay: float) -> float:
 
 
 def _write_rows(path: Path, rows: list[dict]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", newline="") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=EPOCH_FIELDS)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)
 
 
 def _read_rows(path: Path) -> list[dict]:
