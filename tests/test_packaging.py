@@ -38,7 +38,10 @@ def fresh_venv(wheel, tmp_path_factory) -> Path:
                              check=True, capture_output=True, text=True).stdout.strip()
     deps = [sysconfig.get_paths()["purelib"], *site.getsitepackages()]
     Path(purelib, "_qca_test_deps.pth").write_text("\n".join(dict.fromkeys(deps)) + "\n")
-    subprocess.run([str(py), "-m", "pip", "install", "--no-deps", "--no-index", "-q", str(wheel)], check=True)
+    # --ignore-installed: the qca_tf installed in the parent environment (visible through the
+    # .pth) must not satisfy the requirement, and must not be uninstalled either
+    subprocess.run([str(py), "-m", "pip", "install", "--no-deps", "--no-index", "--ignore-installed", "-q", str(wheel)],
+                   check=True)
     return venv
 
 
