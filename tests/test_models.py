@@ -136,3 +136,29 @@ def test_flops_hand_count():
     assert flops(cfg, (4, 4, 6)) == 2 * macs
     assert flops(cfg, (8, 8, 12)) == 8 * flops(cfg, (4, 4, 6))
     assert flops(cfg, (3, 4, 5)) == flops(cfg, (4, 4, 6))  # padded to multiples of 2 as prediction does
+
+
+@pytest.mark.parametrize("cfg,shape", [
+    (ModelConfig(depth=1, init_channels=2, kernel_size=7), (6, 10, 14)),   # odd multiples of 2
+    (ModelConfig(depth=3, init_channels=2, kernel_size=5), (8, 24, 40)),
+    (ModelConfig(depth=5, init_channels=1, kernel_size=3), (32, 32, 64)),
+])
+def test_every_trainable_weight_gets_a_finite_gradient(cfg, shape):
+    """Odd depths/kernels/sizes build, run, and train: each trainable weight has a finite,
+    non-zero gradient through the cross-entropy loss."""
+    from qca_tf.losses import get_loss
+
+    keras.utils.set_random_seed(1)
+    model = build_unet(cfg, weight_decay=1e-4)
+    rng = np.random.default_rng(1)
+    x = tf.constant(rng.random((1, *shape, 1), dtype=np.float32))
+    y = tf.constant((rng.random((1, *shape)) > 0.7).astype(np.int32))
+    with tf.GradientTape() as tape:
+        loss = get_loss("ce+dice")(y, model(x, training=True)) + tf.add_n(model.losses)
+    grads = tape.gradient(loss, model.trainable_weights)
+    assert len(grads) == len(model.trainable_weights)
+    for weight, grad in zip(model.trainable_weights, grads):
+        assert grad is not None, weight.path
+        g = grad.numpy()
+        assert np.all(np.isfinite(g)), weight.path
+        assert np.any(g != 0), weight.path
