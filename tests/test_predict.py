@@ -8,25 +8,12 @@ import shutil
 import numpy as np
 import pytest
 import tifffile
-from click.testing import CliRunner
 from scipy import ndimage
 
 from qca_tf import io, metrics
-from qca_tf.cli import main
+from cli_helpers import invoke, one_line_error
 
 VOXEL = io.VoxelSize(0.8, 0.8, 1.75)
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
-def one_line_error(result, *fragments):
-    assert result.exit_code == 1, result.output
-    lines = [ln for ln in result.output.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
-    for f in fragments:
-        assert f in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")
