@@ -86,10 +86,10 @@ def _pad_and_index(image: np.ndarray, target: np.ndarray, patch: np.ndarray):
 
 
 def _normalize(image: tf.Tensor) -> tf.Tensor:
-    """Stage 2: min-max normalisation to [0, 1] (a constant volume becomes zeros)."""
-    lo = tf.reduce_min(image)
-    rng = tf.reduce_max(image) - lo
-    return tf.where(rng > 0, (image - lo) / tf.maximum(rng, 1e-12), tf.zeros_like(image))
+    """Stage 2: min-max normalisation to [0, 1] with :func:`preprocess.normalize`, as at prediction."""
+    out = tf.numpy_function(preprocess.normalize, [image], tf.float32, stateful=False)
+    out.set_shape(image.shape)
+    return out
 
 
 def _volume_stages(specs: list[VolumeSpec], cfg: DataConfig, ndn_diameter_um: float) -> tf.data.Dataset:

@@ -11,6 +11,7 @@ NDN-seeded watershed, and evaluates against the ground truth::
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass
@@ -57,8 +58,8 @@ def run_demo(out: str | os.PathLike, *, seed: int = 0, timepoints: int = 6, epoc
                                  radius_um=(4.0, 5.5), touching_pairs=2, polar_bodies=1, division_interval=2)
     log.info("making synthetic embryos in %s", out / "data")
     # two embryos for training (so the networks cannot memorise one), a third one for testing
-    train_series = [tp for k in range(2) for tp in synthetic.make_series(_replace(base, timepoints=4, seed=seed + k))]
-    test_series = synthetic.make_series(_replace(base, timepoints=timepoints, seed=seed + 1000))
+    train_series = [tp for k in range(2) for tp in synthetic.make_series(dataclasses.replace(base, timepoints=4, seed=seed + k))]
+    test_series = synthetic.make_series(dataclasses.replace(base, timepoints=timepoints, seed=seed + 1000))
     synthetic.write_dataset(out / "data" / "train", train_series, voxel)
     synthetic.write_dataset(out / "data" / "test", test_series, voxel)
 
@@ -80,9 +81,3 @@ def run_demo(out: str | os.PathLike, *, seed: int = 0, timepoints: int = 6, epoc
     rows, summary = evaluate_series(prediction / "labels", out / "data" / "test" / "labels")
     write_json_atomic(out / "evaluation.json", {"per_timepoint": rows, "summary": summary})
     return DemoResult(out=out, summary=summary, prediction=prediction, bundle=bundle)
-
-
-def _replace(cfg: synthetic.SynthConfig, **kw) -> synthetic.SynthConfig:
-    import dataclasses
-
-    return dataclasses.replace(cfg, **kw)

@@ -283,19 +283,19 @@ def predict_series(inputs: list[str | os.PathLike], out_dir: str | os.PathLike, 
     _check_output(out)
     shard_i, shard_n = opts.shard
     mine = [(i, tp) for i, tp in enumerate(tps) if i % shard_n == shard_i]
-    todo = [(i, tp) for i, tp in mine if opts.overwrite or not (out / "nuclei" / f"{tp.name}.csv").exists()]
-    run = RunSummary(out=out, skipped=[tp.name for i, tp in mine if (i, tp) not in todo])
+    finished = {tp.name for _, tp in mine if not opts.overwrite and (out / "nuclei" / f"{tp.name}.csv").exists()}
+    todo = [(i, tp) for i, tp in mine if tp.name not in finished]
+    run = RunSummary(out=out, skipped=[tp.name for _, tp in mine if tp.name in finished])
     if run.skipped:
         log.info("skipping %d finished time point(s) (use --overwrite to redo them)", len(run.skipped))
     for source in dict.fromkeys(tp.source for _, tp in todo):  # fail before any work, not at time point 57
         io.voxel_size_of(source, opts.voxel_size)
     totals = {"read": 0.0, "networks": 0.0, "watershed": 0.0, "write": 0.0}
     t_start = time.perf_counter()
-    order = 1
 
     def produce():
         for index, tp in todo:
-            yield index, prepare(tp, opts.voxel_size, nets.spacing_um, order)
+            yield index, prepare(tp, opts.voxel_size, nets.spacing_um)
 
     bar = None
     try:

@@ -13,22 +13,13 @@ from qca_tf.errors import ConfigError, InputError
 from qca_tf.modelio import LoadedModel, load_model_folder, save_model_folder
 from qca_tf.models import build_unet, receptive_field_radius, tile_margin
 
-
-def _randomize_bn(model: keras.Model, rng: np.random.Generator) -> None:
-    """Non-trivial BN moving statistics and affine parameters (a fresh BN is the identity)."""
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            n = layer.moving_mean.shape[0]
-            layer.moving_mean.assign(rng.uniform(-0.3, 0.3, n).astype("float32"))
-            layer.moving_variance.assign(rng.uniform(0.5, 2.0, n).astype("float32"))
-            layer.gamma.assign(rng.uniform(0.5, 1.5, n).astype("float32"))
-            layer.beta.assign(rng.uniform(-0.2, 0.2, n).astype("float32"))
+from model_helpers import randomize_bn
 
 
 def _loaded(cfg: ModelConfig, seed: int = 0) -> LoadedModel:
     keras.utils.set_random_seed(seed)
     model = build_unet(cfg)
-    _randomize_bn(model, np.random.default_rng(seed))
+    randomize_bn(model, np.random.default_rng(seed))
     return LoadedModel(model, cfg, "nsn", 0.8, folder=None)  # type: ignore[arg-type]
 
 

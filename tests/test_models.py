@@ -12,6 +12,8 @@ from qca_tf.config import PRESETS, ModelConfig
 from qca_tf.errors import ConfigError
 from qca_tf.models import build_unet, check_spatial_shape, flops, receptive_field_radius, tile_margin
 
+from model_helpers import randomize_bn
+
 
 def _trainable(model: keras.Model) -> int:
     return sum(int(np.prod(v.shape)) for v in model.trainable_weights)
@@ -84,14 +86,6 @@ def test_mixed_precision_policy_and_names():
     assert y.dtype == tf.float32
 
 
-def _randomize_bn(model: keras.Model, rng: np.random.Generator) -> None:
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            n = layer.moving_mean.shape[0]
-            layer.moving_mean.assign(rng.uniform(-0.3, 0.3, n).astype("float32"))
-            layer.moving_variance.assign(rng.uniform(0.5, 2.0, n).astype("float32"))
-
-
 def test_receptive_field_values():
     # depth 1, k 3: enc 1+1, bottom 2+2, up 1, dec 1+1
     assert receptive_field_radius(ModelConfig(depth=1, kernel_size=3)) == 9
@@ -109,7 +103,7 @@ def test_receptive_field_empirical(cfg, length):
     nothing beyond r changes (bit-exactly), and the measured radius is r (the bound is tight)."""
     keras.utils.set_random_seed(1)
     model = build_unet(cfg)
-    _randomize_bn(model, np.random.default_rng(1))
+    randomize_bn(model, np.random.default_rng(1), affine=False)
     r = receptive_field_radius(cfg)
     x = np.random.default_rng(2).random((1, length, 4, 4, 1), dtype=np.float32)
     batch = np.repeat(x, length + 1, axis=0)
