@@ -1,4 +1,5 @@
-"""The built wheel exposes only ``qca_tf`` and a working ``qca-tf`` console script."""
+"""The built wheel and an editable install both expose only ``qca_tf`` and a working
+``qca-tf`` console script."""
 from __future__ import annotations
 
 import os
@@ -93,3 +94,33 @@ def test_console_script_synth_and_error(fresh_venv, tmp_path):
     assert "Traceback" not in bad.stderr
     assert bad.stderr.strip().startswith("Error:") and "missing" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def _venv_with_parent_deps(venv: Path) -> Path:
+    """A new virtual environment whose dependencies come from this interpreter's
+    site-packages through a .pth file; returns its python."""
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    py = venv / "bin" / "python"
+    purelib = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             check=True, capture_output=True, text=True).stdout.strip()
+    deps = [sysconfig.get_paths()["purelib"], *site.getsitepackages()]
+    Path(purelib, "_qca_test_deps.pth").write_text("\n".join(dict.fromkeys(deps)) + "\n")
+    return py
+
+
+def test_editable_install_console_script(tmp_path):
+    """``pip install -e .`` gives a working ``qca-tf`` and maps search/ to qca_tf.search,
+    importing from the source tree."""
+    venv = tmp_path / "venv"
+    py = _venv_with_parent_deps(venv)
+    subprocess.run([str(py), "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--ignore-installed",
+                    "-q", "-e", str(ROOT)], check=True, cwd=tmp_path)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
+    res = subprocess.run([str(venv / "bin" / "qca-tf"), "--help"], capture_output=True, text=True, cwd=tmp_path,
+                         env=env)
+    assert res.returncode == 0, res.stderr
+    assert "predict" in res.stdout
+    where = subprocess.run(
+        [str(py), "-c", "import qca_tf.cli, qca_tf.search; print(qca_tf.cli.__file__); print(qca_tf.search.__file__)"],
+        capture_output=True, text=True, cwd=tmp_path, env=env, check=True).stdout.split()
+    assert where == [str(ROOT / "qca_tf" / "cli.py"), str(ROOT / "search" / "__init__.py")]

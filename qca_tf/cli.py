@@ -1,0 +1,355 @@
+"""``qca-tf``: the command line. Thin click commands: parse, build configs, call the library.
+
+Installed as ``qca_tf.cli``; the top-level ``cli.py`` runs it from a checkout. TensorFlow is imported inside the
+commands, so ``qca-tf --help`` answers at once. A user mistake (a
+:class:`qca_tf.errors.QcaError`) ends with one ``Error: ...`` line and exit code 1.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from qca_tf import __version__
+from qca_tf.errors import QcaError
+
+log = logging.getLogger("qca_tf")
+
+
+def _tensorflow() -> None:
+    """Import TensorFlow for a command that needs it, without its C++ start-up chatter."""
+    from qca_tf.runtime import init_tensorflow
+
+    init_tensorflow()
+
+
+class QcaGroup(click.Group):
+    """Turns library errors into one-line messages instead of tracebacks."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except QcaError as exc:
+            raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt:
+            raise click.ClickException("interrupted; run the same command again to resume") from None
+
+
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s" if not verbose else "%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("qca_tf")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+@click.group(cls=QcaGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="qca-tf")
+@click.option("-v", "--verbose", count=True, help="More detail in the log.")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+def main(verbose: int, quiet: bool) -> None:
+    """QCANet for 3D time-lapse stacks of nuclei: NSN + NDN + watershed -> instance labels."""
+    _setup_logging(verbose, quiet)
+
+
+def _voxel_option(f):
+    return click.option("--voxel-size", nargs=3, type=float, default=None, metavar="X Y Z",
+                        help="Voxel size in micrometres (x y z); overrides the files' metadata.")(f)
+
+
+# ------------------------------------------------------------------------- synth
+
+
+@main.command()
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--timepoints", "-t", default=1, show_default=True, type=click.IntRange(1), help="Time points.")
+@click.option("--seed", default=0, show_default=True, help="Random seed.")
+@click.option("--shape", nargs=3, type=click.IntRange(4), default=(24, 96, 96), show_default=True,
+              metavar="Z Y X", help="Stack size in voxels.")
+@click.option("--nuclei", default=8, show_default=True, type=click.IntRange(1), help="Nuclei at the first time point.")
+@click.option("--touching-pairs", default=None, type=click.IntRange(0),
+              help="Pairs of touching nuclei [min(2, nuclei // 2)].")
+@click.option("--polar-bodies", default=1, show_default=True, type=click.IntRange(0), help="Polar bodies (not in the ground truth).")
+@click.option("--voxel-size", nargs=3, type=float, default=(0.8, 0.8, 1.75), show_default=True, metavar="X Y Z",
+              help="Voxel size in micrometres (x y z).")
+def synth(out: Path, timepoints: int, seed: int, shape, nuclei: int, touching_pairs, polar_bodies: int,
+          voxel_size) -> None:
+    """Write a synthetic embryo time series with ground truth to OUT.
+
+    OUT/images/, OUT/nsn/, OUT/ndn/ and OUT/labels/ get one TIFF per time point
+    with the same names.
+    """
+    from qca_tf import synthetic
+    from qca_tf.io import VoxelSize
+
+    cfg = synthetic.SynthConfig(shape=tuple(shape), voxel_size=tuple(voxel_size), n_nuclei=nuclei,
+                                touching_pairs=min(2, nuclei // 2) if touching_pairs is None else touching_pairs,
+                                timepoints=timepoints, polar_bodies=polar_bodies, seed=seed)
+    series = synthetic.make_series(cfg)
+    names = synthetic.write_dataset(out, series, VoxelSize.from_xyz(voxel_size))
+    counts = ", ".join(str(int(tp.labels.max())) for tp in series)
+    click.echo(f"wrote {len(names)} time point(s) to {out} (nuclei per time point: {counts})")
+
+
+# ------------------------------------------------------------------------- train
+
+
+@main.command()
+@click.argument("network", type=click.Choice(["nsn", "ndn", "unet3d"]))
+@click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path),
+              help="Dataset folder: images/ + nsn/ + ndn/ (or labels/), or images_raw/ + images_nsn/ + images_ndn/.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Model folder to write (config.json, model.keras, epochs.csv).")
+@click.option("--epochs", type=click.IntRange(1), default=None, help="Epochs [50].")
+@click.option("--patch", type=click.IntRange(2), multiple=True, metavar="P",
+              help="Crop size on the isotropic grid: one value (cube) or three (z y x) [96].")
+@click.option("--depth", type=click.IntRange(1, 5), default=None, help="Down/up samplings (preset's).")
+@click.option("--init-channels", type=click.IntRange(1), default=None, help="Channels of the first conv (preset's).")
+@click.option("--kernel-size", type=click.Choice(["3", "5", "7"]), default=None, help="Kernel size (preset's).")
+@click.option("--optimizer", type=click.Choice(["sgd", "adam"]), default=None,
+              help="Optimizer [nsn, unet3d: sgd; ndn: adam].")
+@click.option("--lr", type=float, default=None, help="SGD learning rate [0.01].")
+@click.option("--momentum", type=float, default=None, help="SGD momentum [0.9].")
+@click.option("--lr-decay", type=float, default=None, help="Factor applied to the learning rate when the validation metric drops [0.5].")
+@click.option("--adam-alpha", type=float, default=None, help="Adam step size [1e-3].")
+@click.option("--adam-beta1", type=float, default=None, help="Adam beta1 [0.9].")
+@click.option("--adam-beta2", type=float, default=None, help="Adam beta2 [0.999].")
+@click.option("--adam-epsilon", type=float, default=None, help="Adam epsilon [1e-8].")
+@click.option("--weight-decay", type=float, default=None, help="L2 weight decay [1e-5].")
+@click.option("--loss", type=click.Choice(["ce", "dice", "ce+dice"]), default=None, help="Loss [ce].")
+@click.option("--batch-size", type=click.IntRange(1), default=None, help="Crops per batch [1].")
+@click.option("--crops-per-volume", type=click.IntRange(1), default=None, help="Crops per training volume per epoch [4].")
+@click.option("--val-fraction", type=float, default=None, help="Fraction of volumes held out for validation [0.2].")
+@_voxel_option
+@click.option("--seed", type=int, default=None, help="Random seed [0].")
+@click.option("--distribute", is_flag=True, help="Use all GPUs (tf.distribute.MirroredStrategy).")
+def train(network: str, data_dir: Path, out_dir: Path, patch, kernel_size, voxel_size, distribute: bool, **opts) -> None:
+    """Train NETWORK (nsn, ndn or the 3D U-Net baseline unet3d) on a dataset.
+
+    The best epoch by the validation metric (nsn, unet3d: IoU; ndn: detection
+    F-measure) is saved in OUT; rerunning an interrupted command resumes it.
+    """
+    from qca_tf.config import DataConfig, TrainConfig, preset
+
+    model_cfg = preset(network, depth=opts.pop("depth"), init_channels=opts.pop("init_channels"),
+                       kernel_size=int(kernel_size) if kernel_size else None)
+    task = "ndn" if network == "ndn" else "nsn"
+    defaults = {"task": task, "optimizer": "adam" if task == "ndn" else "sgd"}
+    names = {"lr": "sgd_lr", "momentum": "sgd_momentum"}
+    train_kw = {names.get(k, k): v for k, v in opts.items() if v is not None and k != "val_fraction"}
+    train_cfg = TrainConfig(**{**defaults, **train_kw})
+    data_kw = {}
+    if patch:
+        if len(patch) not in (1, 3):
+            raise click.BadParameter("give one value (cube) or three (z y x)", param_hint="--patch")
+        data_kw["patch"] = tuple(patch) * 3 if len(patch) == 1 else tuple(patch)
+    if voxel_size:
+        data_kw["voxel_size"] = tuple(voxel_size)
+    if opts.get("val_fraction") is not None:
+        data_kw["val_fraction"] = opts["val_fraction"]
+    data_cfg = DataConfig(**data_kw)
+
+    _tensorflow()
+    from qca_tf.train import train as run_training
+
+    result = run_training(data_dir, out_dir, model_cfg, train_cfg, data_cfg, distribute=distribute)
+    click.echo(f"best {result.metric_name} {result.best_metric:.4f} at epoch {result.best_epoch}; "
+               f"model folder: {result.folder}")
+
+
+# ------------------------------------------------------------------------- predict
+
+
+def _parse_shard(value: str | None) -> tuple[int, int]:
+    if value is None:
+        return (0, 1)
+    try:
+        i, n = (int(v) for v in value.split("/"))
+    except ValueError:
+        raise click.ClickException(f"--shard {value!r} is not I/N (e.g. 0/4)") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise click.ClickException(f"--shard {value!r}: need N >= 1 and 0 <= I < N")
+    return (i, n)
+
+
+@main.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
+@click.option("--model", "bundle", type=click.Path(path_type=Path), default=None,
+              help="QCANet bundle folder (nsn/, ndn/, qcanet.json), e.g. from `qca-tf demo`.")
+@click.option("--nsn", type=click.Path(path_type=Path), default=None, help="NSN model folder or SavedModel export.")
+@click.option("--ndn", type=click.Path(path_type=Path), default=None,
+              help="NDN model folder or SavedModel export (without it: connected components of NSN).")
+@_voxel_option
+@click.option("--nsn-threshold", type=float, default=None, help="NSN probability threshold [0.5].")
+@click.option("--ndn-threshold", type=float, default=None, help="NDN probability threshold [0.5].")
+@click.option("--min-marker-size", type=click.IntRange(0), default=None,
+              help="Drop NDN components smaller than this many voxels (network grid) [0].")
+@click.option("--precision", type=click.Choice(["auto", "float32", "mixed_float16", "mixed_bfloat16"]),
+              default="auto", show_default=True, help="auto: mixed_float16 on a GPU, float32 on a CPU.")
+@click.option("--tile", nargs=3, type=click.IntRange(1), default=None, metavar="Z Y X",
+              help="Force tiles of this core size (network grid voxels).")
+@click.option("--max-memory", type=float, default=4.0, show_default=True,
+              help="Memory budget (GB) that decides whole-volume vs tiled prediction.")
+@click.option("--batch-size", type=click.IntRange(1), default=1, show_default=True, help="Tiles per batch.")
+@click.option("--jit", is_flag=True, help="Compile the networks with XLA.")
+@click.option("--save-masks", is_flag=True, help="Also write the NSN and NDN masks (OUT/nsn, OUT/ndn).")
+@click.option("--no-quicklook", is_flag=True, help="Skip the per-time-point quick-look PNGs.")
+@click.option("--overwrite", is_flag=True, help="Redo time points that are already finished.")
+@click.option("--shard", default=None, metavar="I/N", help="Process every N-th time point starting at I (job arrays).")
+@click.option("--sequential", is_flag=True, help="Do not overlap reading/watershed with the networks.")
+def predict(inputs, out_dir: Path, bundle, nsn, ndn, voxel_size, nsn_threshold, ndn_threshold, min_marker_size,
+            precision, tile, max_memory, batch_size, jit, save_masks, no_quicklook, overwrite, shard,
+            sequential) -> None:
+    """Segment INPUTS (3D TIFFs, 4D t-z-y-x TIFFs or folders) into instance labels and criteria.
+
+    Writes OUT/labels/, OUT/criteria.csv (per time point), OUT/nuclei.csv (per
+    nucleus), OUT/plots/ and OUT/run.json. Finished time points are skipped on a
+    rerun, so an interrupted job resumes.
+    """
+    import dataclasses
+
+    from qca_tf.config import InferenceConfig
+    from qca_tf.io import VoxelSize
+
+    shard_t = _parse_shard(shard)
+    if bundle is None and nsn is None:
+        raise click.UsageError("give --model BUNDLE_DIR or --nsn DIR (and --ndn DIR)")
+    _tensorflow()
+    from qca_tf.infer import resolve_precision
+    from qca_tf.predict import PredictOptions, load_networks, predict_series
+
+    policy = resolve_precision(precision)
+    nets = load_networks(nsn=nsn, ndn=ndn, bundle=bundle, precision=policy)
+    overrides = {k: v for k, v in {"nsn_threshold": nsn_threshold, "ndn_threshold": ndn_threshold,
+                                   "min_marker_size": min_marker_size}.items() if v is not None}
+    if overrides:
+        nets.postprocess = dataclasses.replace(nets.postprocess, **overrides)
+    infer_cfg = InferenceConfig(precision=policy, tile=tuple(tile) if tile else None, max_memory_gb=max_memory,
+                                jit=jit, batch_size=batch_size)
+    opts = PredictOptions(save_masks=save_masks, quicklook=not no_quicklook, overwrite=overwrite, shard=shard_t,
+                          voxel_size=VoxelSize.from_xyz(voxel_size) if voxel_size else None,
+                          pipelined=not sequential)
+    run = predict_series(list(inputs), out_dir, nets, infer_cfg, opts)
+    counts = ", ".join(f"{r['name']}: {r['count']}" for r in run.summary_rows[:10])
+    more = " ..." if len(run.summary_rows) > 10 else ""
+    click.echo(f"segmented {len(run.processed)} time point(s), skipped {len(run.skipped)} finished; "
+               f"nuclei per time point: {counts}{more}")
+    click.echo(f"labels: {out_dir / 'labels'}  criteria: {out_dir / 'criteria.csv'}  plots: {out_dir / 'plots'}")
+
+
+# ------------------------------------------------------------------------- evaluate
+
+
+def _metric_table(rows: list[dict], summary: dict) -> str:
+    keys = ["iou", "dice", "seg", "mucov", "det_precision", "det_recall", "det_f1", "f1@0.5", "ap@0.5", "ap@0.75"]
+    name_w = max([len("time point"), *(len(r["name"]) for r in rows)])
+    lines = [f"{'time point':<{name_w}} " + " ".join(f"{k:>13}" for k in keys)]
+    for r in rows:
+        lines.append(f"{r['name']:<{name_w}} " + " ".join(f"{r[k]:>13.4f}" for k in keys))
+    lines.append(f"{'mean (sd)':<{name_w}} " + " ".join(
+        f"{summary[k]['mean']:>6.3f} ({summary[k]['sd']:.3f})".rjust(13) for k in keys))
+    return "\n".join(lines)
+
+
+@main.command()
+@click.option("--pred", required=True, type=click.Path(path_type=Path), help="Predicted labels: file or folder.")
+@click.option("--gt", required=True, type=click.Path(path_type=Path), help="Ground-truth labels (or masks): file or folder.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the metrics as JSON.")
+@click.option("--match-distance", type=float, default=3.0, show_default=True,
+              help="Centre-matching distance (um) for detection precision/recall/F-measure.")
+@_voxel_option
+def evaluate(pred: Path, gt: Path, json_path, match_distance: float, voxel_size) -> None:
+    """Compare predicted instance labels with ground truth: IoU, Dice, SEG, MUCov,
+    detection P/R/F and instance matching at IoU 0.5 and 0.75."""
+    from qca_tf.config import write_json_atomic
+    from qca_tf.evaluate import evaluate_series
+    from qca_tf.io import VoxelSize
+
+    rows, summary = evaluate_series(pred, gt, voxel_size=VoxelSize.from_xyz(voxel_size) if voxel_size else None,
+                                    match_distance_um=match_distance)
+    click.echo(_metric_table(rows, summary))
+    if json_path is not None:
+        write_json_atomic(json_path, {"per_timepoint": rows, "summary": summary,
+                                      **{k: v["mean"] for k, v in summary.items()}})
+        click.echo(f"wrote {json_path}")
+
+
+# ------------------------------------------------------------------------- export / bundle
+
+
+@main.command()
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--overwrite", is_flag=True, help="Replace an existing OUT_DIR.")
+def export(model_dir: Path, out_dir: Path, overwrite: bool) -> None:
+    """Export a trained model folder as a TensorFlow SavedModel (serving signature:
+    float32 [batch, z, y, x, 1] -> class probabilities)."""
+    _tensorflow()
+    from qca_tf.export import export_savedmodel
+
+    path = export_savedmodel(model_dir, out_dir, overwrite=overwrite)
+    click.echo(f"SavedModel written to {path}")
+
+
+@main.command()
+@click.option("--nsn", required=True, type=click.Path(path_type=Path), help="NSN model folder.")
+@click.option("--ndn", required=True, type=click.Path(path_type=Path), help="NDN model folder.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Bundle folder.")
+@click.option("--nsn-threshold", type=float, default=0.5, show_default=True)
+@click.option("--ndn-threshold", type=float, default=0.5, show_default=True)
+@click.option("--min-marker-size", type=click.IntRange(0), default=0, show_default=True)
+def bundle(nsn: Path, ndn: Path, out_dir: Path, nsn_threshold, ndn_threshold, min_marker_size) -> None:
+    """Combine an NSN and an NDN model folder and post-processing parameters into one
+    QCANet bundle for `qca-tf predict --model`."""
+    import shutil
+
+    from qca_tf.config import PostprocessConfig
+
+    _tensorflow()
+    from qca_tf.predict import save_bundle
+
+    post = PostprocessConfig(nsn_threshold=nsn_threshold, ndn_threshold=ndn_threshold,
+                             min_marker_size=min_marker_size)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, src in (("nsn", nsn), ("ndn", ndn)):
+        if not (src / "config.json").exists():
+            raise click.ClickException(f"{src}: not a model folder (no config.json)")
+        if (out_dir / name).resolve() != src.resolve():
+            shutil.copytree(src, out_dir / name, dirs_exist_ok=True)
+    save_bundle(out_dir, post)
+    click.echo(f"bundle written to {out_dir}")
+
+
+# ------------------------------------------------------------------------- demo
+
+
+@main.command()
+@click.option("--out", "out_dir", default=Path("qca_demo"), show_default=True,
+              type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
+@click.option("--seed", default=0, show_default=True, help="Random seed.")
+@click.option("--timepoints", default=6, show_default=True, type=click.IntRange(1), help="Test time points.")
+@click.option("--epochs", default=12, show_default=True, type=click.IntRange(1), help="Training epochs per network.")
+def demo(out_dir: Path, seed: int, timepoints: int, epochs: int) -> None:
+    """Synthetic embryo -> train NSN + NDN -> predict -> evaluate, in a few minutes on a CPU."""
+    _tensorflow()
+    from qca_tf.demo import run_demo
+
+    res = run_demo(out_dir, seed=seed, timepoints=timepoints, epochs=epochs)
+    s = res.summary
+    click.echo("demo finished")
+    click.echo(f"  IoU {s['iou']['mean']:.3f}  MUCov {s['mucov']['mean']:.3f}  SEG {s['seg']['mean']:.3f}  "
+               f"detection F {s['det_f1']['mean']:.3f}  (mean over {timepoints} test time points)")
+    click.echo(f"  labels:   {res.prediction / 'labels'}")
+    click.echo(f"  criteria: {res.prediction / 'criteria.csv'}, {res.prediction / 'nuclei.csv'}")
+    click.echo(f"  plots:    {res.prediction / 'plots'}")
+    click.echo(f"  models:   {res.bundle} (use with: qca-tf predict IMAGES --model {res.bundle} --out DIR)")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
