@@ -23,6 +23,7 @@ TASKS = ("nsn", "ndn")
 OPTIMIZERS = ("sgd", "adam")
 LOSSES = ("ce", "dice", "ce+dice")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+NORMALIZATIONS = ("minmax", "percentile")
 
 
 def _check(cond: bool, section: str, key: str, msg: str) -> None:
@@ -128,7 +129,10 @@ class TrainConfig:
 class DataConfig:
     """Data preparation. ``voxel_size`` (x, y, z um) overrides file metadata; the
     network grid is isotropic at the xy voxel size. ``patch`` is (z, y, x) on that grid.
-    ``ndn_diameter`` is the NDN target sphere diameter in isotropic-grid voxels."""
+    ``ndn_diameter`` is the NDN target sphere diameter in isotropic-grid voxels.
+    ``normalization``: "minmax" (the reference: [min, max] -> [0, 1]) or "percentile"
+    ([p_low, p_high] of ``norm_percentiles`` -> [0, 1], clipped): what training used
+    and prediction replays (see :func:`qca_tf.preprocess.to_network_grid`)."""
 
     voxel_size: tuple[float, float, float] | None = None
     resample_order: int = 1
@@ -136,6 +140,8 @@ class DataConfig:
     flips: bool = True
     ndn_diameter: float = 5.0
     val_fraction: float = 0.2
+    normalization: str = "minmax"
+    norm_percentiles: tuple[float, float] = (1.0, 99.8)
 
     def __post_init__(self) -> None:
         s = "data"
@@ -147,6 +153,10 @@ class DataConfig:
                f"{self.patch!r} is not three integers >= 2 (z, y, x)")
         _check(self.ndn_diameter > 0, s, "ndn_diameter", "must be > 0")
         _check(0 <= self.val_fraction < 1, s, "val_fraction", f"{self.val_fraction!r} is not in [0, 1)")
+        _check(self.normalization in NORMALIZATIONS, s, "normalization",
+               f"{self.normalization!r} is not one of {', '.join(NORMALIZATIONS)}")
+        _check(len(self.norm_percentiles) == 2 and 0 <= self.norm_percentiles[0] < self.norm_percentiles[1] <= 100,
+               s, "norm_percentiles", f"{self.norm_percentiles!r} is not two percentiles 0 <= low < high <= 100")
 
 
 @dataclass(frozen=True)

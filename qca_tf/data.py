@@ -85,9 +85,11 @@ def _pad_and_index(image: np.ndarray, target: np.ndarray, patch: np.ndarray):
     return image.astype(np.float32), target.astype(np.uint8), fg
 
 
-def _normalize(image: tf.Tensor) -> tf.Tensor:
-    """Stage 2: min-max normalisation to [0, 1] with :func:`preprocess.normalize`, as at prediction."""
-    out = tf.numpy_function(preprocess.normalize, [image], tf.float32, stateful=False)
+def _normalize(image: tf.Tensor, cfg: DataConfig) -> tf.Tensor:
+    """Stage 2: normalisation to [0, 1] with :func:`preprocess.normalize` and the config's
+    method, as prediction replays it."""
+    out = tf.numpy_function(lambda a: preprocess.normalize(a, cfg.normalization, cfg.norm_percentiles),
+                            [image], tf.float32, stateful=False)
     out.set_shape(image.shape)
     return out
 
@@ -106,7 +108,7 @@ def _volume_stages(specs: list[VolumeSpec], cfg: DataConfig, ndn_diameter_um: fl
         return image, target
 
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ds.map(lambda im, t: (_normalize(im), t), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.map(lambda im, t: (_normalize(im, cfg), t), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 def training_dataset(specs: list[VolumeSpec], cfg: DataConfig, *, batch_size: int, seed: int,

@@ -126,8 +126,7 @@ def prepare(tp: io.TimePoint, voxel_override: io.VoxelSize | None, spacing_um: f
     voxel = io.voxel_size_of(tp.source, voxel_override)
     if raw.max() == raw.min():
         log.warning("%s: constant image (every voxel is %s): no nuclei", tp.name, raw.flat[0])
-    volume = preprocess.normalize(preprocess.resample(raw.astype(np.float32),
-                                                      preprocess.zoom_factors(voxel, spacing_um), order=order))
+    volume = preprocess.to_network_grid(raw, voxel, spacing_um, order=order)
     return Prepared(tp, raw, voxel, volume, time.perf_counter() - t0)
 
 

@@ -1,5 +1,5 @@
 """Pre-processing on (z, y, x) numpy arrays: resampling to the isotropic network grid
-and back, min-max normalisation and mirror padding.
+and back, intensity normalisation (min-max or percentile) and mirror padding.
 
 Resampling maps voxel centres with half-pixel alignment: output voxel ``i`` of an axis
 resized from ``n_in`` to ``n_out`` samples input coordinate ``(i + 0.5) * n_in / n_out - 0.5``
@@ -86,15 +86,37 @@ def resize_labels(labels: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     return result if result is not labels else labels.copy()
 
 
-def normalize(volume: np.ndarray) -> np.ndarray:
-    """Min-max normalise to [0, 1] as float32; a constant volume gives zeros."""
+def normalize(volume: np.ndarray, method: str = "minmax",
+              percentiles: Sequence[float] = (1.0, 99.8)) -> np.ndarray:
+    """Normalise intensities to [0, 1] as float32; a constant volume gives zeros.
+
+    ``minmax``: (v - min) / (max - min), the reference tool's scaling. ``percentile``:
+    (v - p_low) / (p_high - p_low) clipped to [0, 1], with p_low, p_high the
+    ``percentiles`` of the volume; robust to hot pixels and to the overall brightness
+    of a stack. When p_high == p_low (a mostly flat stack) it falls back to min-max.
+    """
     v = np.asarray(volume, dtype=np.float32)
     if v.size == 0:
         return v.copy()
+    if method == "percentile":
+        lo, hi = (float(q) for q in np.percentile(v, list(percentiles)))
+        if hi > lo:
+            return np.clip((v - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+    elif method != "minmax":
+        raise ConfigError(f"unknown normalization {method!r}; choose minmax or percentile")
     lo, hi = float(v.min()), float(v.max())
     if hi <= lo:
         return np.zeros_like(v)
     return ((v - lo) / (hi - lo)).astype(np.float32)
+
+
+def to_network_grid(raw: np.ndarray, voxel_size: VoxelSize, spacing_um: float, *, order: int = 1,
+                    normalization: str = "minmax", percentiles: Sequence[float] = (1.0, 99.8)) -> np.ndarray:
+    """The one recipe that brings a stored (z, y, x) stack to the network: resample to the
+    isotropic ``spacing_um`` grid with spline ``order``, then :func:`normalize`.
+    Returns (Z, Y, X) float32 in [0, 1]. Training and prediction both go through it."""
+    grid = resample(np.asarray(raw, dtype=np.float32), zoom_factors(voxel_size, spacing_um), order=order)
+    return normalize(grid, normalization, percentiles)
 
 
 def mirror_pad(volume: np.ndarray, pad: int | Sequence[tuple[int, int]]) -> np.ndarray:

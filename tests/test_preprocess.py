@@ -156,3 +156,41 @@ def test_pad_to_multiple():
     assert same.shape == vol.shape and crop == (slice(0, 5), slice(0, 6), slice(0, 8))
     with pytest.raises(ValueError, match="multiple"):
         pad_to_multiple(vol, 0)
+
+
+def test_normalize_percentile_ignores_hot_pixels_and_brightness():
+    rng = np.random.default_rng(3)
+    vol = rng.normal(100, 10, size=(8, 16, 16)).astype(np.float32)
+    vol[0, 0, 0] = 60000  # one hot pixel
+    out = normalize(vol, "percentile", (1.0, 99.0))
+    assert out.dtype == np.float32 and out.min() == 0.0 and out.max() == 1.0
+    assert 0.3 < float(np.median(out)) < 0.7  # min-max would squash everything to ~0
+    assert float(np.median(normalize(vol))) < 0.01
+    # a stack 2.5x brighter (and offset) normalises to the same values
+    np.testing.assert_allclose(normalize(vol * 2.5 + 7, "percentile", (1.0, 99.0)), out, atol=1e-5)
+
+
+def test_normalize_percentile_flat_falls_back_to_minmax_and_constant_gives_zeros():
+    vol = np.zeros((4, 8, 8), np.float32)
+    vol[0, 0, :3] = 5.0  # p1 == p99.8 == 0: min-max
+    np.testing.assert_allclose(normalize(vol, "percentile"), vol / 5.0)
+    assert not normalize(np.full((3, 4, 5), 7, np.uint16), "percentile").any()
+
+
+def test_normalize_unknown_method():
+    from qca_tf.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown normalization 'zscore'"):
+        normalize(np.ones((2, 2, 2)), "zscore")
+
+
+def test_to_network_grid_is_resample_then_normalize():
+    from qca_tf.io import VoxelSize
+    from qca_tf.preprocess import to_network_grid, zoom_factors
+
+    raw = RNG.integers(0, 4000, size=(6, 20, 22)).astype(np.uint16)
+    voxel = VoxelSize(0.8, 0.8, 1.75)
+    out = to_network_grid(raw, voxel, 0.8, normalization="percentile")
+    expected = normalize(resample(raw.astype(np.float32), zoom_factors(voxel, 0.8)), "percentile")
+    np.testing.assert_array_equal(out, expected)
+    assert out.shape == (13, 20, 22)
