@@ -91,17 +91,161 @@ def _dims(shape: Sequence[int]) -> str:
     return " x ".join(str(n) for n in shape)
 
 
-def _series_layout(tif: tifffile.TiffFile, path: Path) -> tuple[tuple[int, ...], str]:
-    """Shape and axes of the first series with all singleton axes removed."""
+# Axis letters tifffile reports that this tool understands (others, e.g. Q or I, carry no meaning).
+_KNOWN_AXES = "TZC"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How the first series of a TIFF maps onto time points, z, y, x and channels.
+
+    ``axes``/``shape`` are the series' axes as tifffile reports them, singletons removed
+    (for messages). ``roles`` gives each axis of the *full* series (singletons included)
+    one of ``t z c y x`` or ``1`` (a singleton). ``labelled``: the axes came from
+    ImageJ/OME/tifffile metadata; otherwise they follow the plain-TIFF rule (README).
+    """
+
+    path: Path
+    axes: str
+    shape: tuple[int, ...]
+    full_shape: tuple[int, ...]
+    roles: str
+    labelled: bool
+    channel_names: tuple[str, ...] = ()
+
+    def size(self, role: str) -> int:
+        """Length of the ``t``, ``z``, ``c``, ``y`` or ``x`` axis (1 when absent)."""
+        return self.full_shape[self.roles.index(role)] if role in self.roles else 1
+
+    @property
+    def n_t(self) -> int:
+        return self.size("t")
+
+    @property
+    def n_c(self) -> int:
+        return self.size("c")
+
+    @property
+    def zyx(self) -> tuple[int, int, int]:
+        return (self.size("z"), self.size("y"), self.size("x"))
+
+    def describe_channels(self) -> str:
+        """``0: DAPI, 1: GFP`` (names from the metadata) or ``0, 1``."""
+        if len(self.channel_names) == self.n_c:
+            return ", ".join(f"{i}: {n}" for i, n in enumerate(self.channel_names))
+        return ", ".join(str(i) for i in range(self.n_c))
+
+    def check_channels(self, channels: tuple[int, ...] | None) -> tuple[int, ...]:
+        """The channel indices to read: ``channels`` checked against the file; None is
+        allowed only for a one-channel file (a multi-channel file names its channels)."""
+        n = self.n_c
+        if channels is None:
+            if n > 1:
+                raise InputError(f"{self.path}: has {n} channels ({self.describe_channels()}); "
+                                 "choose the nuclear channel with --channel N (counted from 0)")
+            return (0,)
+        bad = [c for c in channels if not 0 <= c < n]
+        if bad:
+            raise InputError(f"{self.path}: has {n} channel(s) ({self.describe_channels()}); no channel {bad[0]}")
+        return tuple(channels)
+
+
+def _layout_error(path: Path, shape: tuple[int, ...], axes: str, problem: str) -> InputError:
+    return InputError(f"{path}: axes {axes} ({_dims(shape)}) {problem}")
+
+
+def _roles(full_axes: str, full_shape: tuple[int, ...], path: Path) -> tuple[str, bool]:
+    """Per full axis its role (t z c y x 1) and whether the roles come from metadata.
+
+    Labelled axes (T, Z, C from ImageJ/OME/tifffile metadata; a trailing S, colour
+    samples, is channels) are trusted, and refused when there is no z. Without axis
+    metadata (letters such as Q, I, S before Y) the plain rule applies: the last two
+    axes are y, x; one more axis is z; two more are t, z; more are refused.
+    """
+    kept = [(a, n) for a, n in zip(full_axes, full_shape) if n != 1]
+    axes = "".join(a for a, _ in kept)
+    shape = tuple(n for _, n in kept)
+    roles = []
+    unknown = [a for a in axes if a not in _KNOWN_AXES + "YX" and not (a == "S" and axes.endswith("S"))]
+    labelled = not unknown
+    if unknown and any(a in _KNOWN_AXES for a in axes):
+        raise _layout_error(path, shape, axes, "mix known and unknown axes; save it as an ImageJ hyperstack (TZCYX)")
+    if not labelled:
+        n_other = sum(1 for a, n in kept if a not in "YX")
+        plain = {1: "z", 2: "tz"}.get(n_other)
+        if plain is None and n_other > 2:
+            raise InputError(f"{path}: is {len(kept)}D without axis metadata ({_dims(shape)}); "
+                             "save it as an ImageJ hyperstack (TZCYX) so its axes are known")
+        it = iter(plain or "")
+    for a, n in zip(full_axes, full_shape):
+        if n == 1:
+            roles.append("1")
+        elif a in "YX":
+            roles.append(a.lower())
+        elif a == "S" and axes.endswith("S"):
+            roles.append("c")
+        elif labelled:
+            roles.append(a.lower())
+        else:
+            roles.append(next(it))
+    if labelled:
+        if roles.count("c") > 1:
+            raise _layout_error(path, shape, axes, "hold two channel axes (C and colour samples)")
+        if "z" not in roles and len(shape) >= 3:
+            raise _layout_error(path, shape, axes, "have no z axis; expected a z stack (ZYX, TZYX, ZCYX or TZCYX)")
+    return "".join(roles), labelled
+
+
+def _channel_names(tif: tifffile.TiffFile, n_c: int) -> tuple[str, ...]:
+    """Channel names from OME ``Channel Name`` or ImageJ ``Labels`` (first n_c), else ()."""
     try:
-        series = tif.series[0]
-        shape, axes = tuple(series.shape), series.axes
+        if tif.is_ome and tif.ome_metadata:
+            root = ET.fromstring(tif.ome_metadata)
+            names = [el.get("Name") for el in root.iter() if el.tag.rsplit("}", 1)[-1] == "Channel"]
+            if len(names) >= n_c and all(names[:n_c]):
+                return tuple(names[:n_c])
+        if tif.is_imagej:
+            labels = (tif.imagej_metadata or {}).get("Labels")
+            if isinstance(labels, (list, tuple)) and len(labels) >= n_c and all(labels[:n_c]):
+                return tuple(str(x) for x in labels[:n_c])
+    except Exception:  # names are a courtesy: never fail a read over them
+        return ()
+    return ()
+
+
+def _series_of(tif: tifffile.TiffFile, path: Path):
+    try:
+        if not tif.pages or not tif.series:
+            raise InputError(f"{path}: TIFF file holds no images (a header without pages)")
+        return tif.series[0]
+    except InputError:
+        raise
     except Exception as exc:
         raise InputError(f"{path}: not a readable TIFF file ({_reason(exc)})") from None
-    if 0 in shape:
-        raise InputError(f"{path}: is empty (shape {_dims(shape)})")
-    kept = [(n, a) for n, a in zip(shape, axes) if n != 1]
-    return tuple(n for n, _ in kept), "".join(a for _, a in kept)
+
+
+def _layout(tif: tifffile.TiffFile, path: Path) -> Layout:
+    series = _series_of(tif, path)
+    try:
+        full_shape, full_axes = tuple(int(n) for n in series.shape), series.axes
+    except Exception as exc:
+        raise InputError(f"{path}: not a readable TIFF file ({_reason(exc)})") from None
+    if 0 in full_shape:
+        raise InputError(f"{path}: is empty (shape {_dims(full_shape)})")
+    kept = [(n, a) for n, a in zip(full_shape, full_axes) if n != 1]
+    shape, axes = tuple(n for n, _ in kept), "".join(a for _, a in kept)
+    if len(shape) < 3:
+        _check_ndim(shape, axes, path, (3,))
+    roles, labelled = _roles(full_axes, full_shape, path)
+    n_c = full_shape[roles.index("c")] if "c" in roles else 1
+    return Layout(path, axes, shape, full_shape, roles, labelled, _channel_names(tif, n_c) if n_c > 1 else ())
+
+
+def read_layout(path: str | os.PathLike) -> Layout:
+    """The :class:`Layout` of a TIFF (reads only its metadata)."""
+    path = Path(path)
+    with _open(path) as tif:
+        return _layout(tif, path)
 
 
 def _check_ndim(shape: tuple[int, ...], axes: str, path: Path, allowed: tuple[int, ...]) -> None:
@@ -128,22 +272,61 @@ def _check_values(array: np.ndarray, path: Path, what: str = "") -> np.ndarray:
     return array
 
 
-def _read_series(tif: tifffile.TiffFile, path: Path, key: slice | None = None) -> np.ndarray:
+def _read_selection(tif: tifffile.TiffFile, lay: Layout, t: int | None, channels: tuple[int, ...]) -> np.ndarray:
+    """Time point ``t`` (None: the file has no t axis) and ``channels`` as (z, y, x, c),
+    reading no more of the file than needed: a memory map for contiguous uncompressed
+    data, else only the pages that hold the selection, else (odd layouts) the whole series."""
+    path = lay.path
+    series = _series_of(tif, path)
+    basic = tuple(t if r == "t" else 0 if r == "1" else slice(None) for r in lay.roles)
+    rest = [r for r in lay.roles if r not in "t1"]  # roles of the axes left after basic indexing
     try:
-        if key is None:
-            return tif.series[0].asarray()
-        return tif.asarray(key=key, series=0)
+        if series.dataoffset is not None:
+            data = tifffile.memmap(path, series=0, mode="r")[basic]
+        else:
+            page_shape = tuple(series.keyframe.shape)
+            k = len(lay.full_shape) - len(page_shape)
+            if k >= 0 and lay.full_shape[k:] == page_shape and math.prod(lay.full_shape[:k]) == len(series.pages):
+                index = np.arange(len(series.pages)).reshape(lay.full_shape[:k])[basic[:k]]
+                page_roles = [r for r in lay.roles[:k] if r not in "t1"]
+                if "c" in page_roles:  # read only the chosen channels' pages
+                    index = np.take(index, list(channels), axis=page_roles.index("c"))
+                    channels = tuple(range(len(channels)))
+                pages = tif.asarray(key=index.ravel().tolist(), series=0)
+                data = np.asarray(pages).reshape(index.shape + page_shape)
+                data = data[(slice(None),) * index.ndim + basic[k:]]
+            else:
+                log.debug("%s: pages do not map onto the axes; reading the whole series", path)
+                data = series.asarray().reshape(lay.full_shape)[basic]
+        if "c" in rest:
+            data = np.take(data, list(channels), axis=rest.index("c"))
+        else:
+            data = data[..., None]
+            rest = rest + ["c"]
+        data = np.ascontiguousarray(np.transpose(data, [rest.index(r) for r in "zyxc"]))
+    except InputError:
+        raise
     except Exception as exc:
         raise InputError(f"{path}: not a readable TIFF file ({_reason(exc)})") from None
+    return data
 
 
-def read_stack(path: str | os.PathLike) -> np.ndarray:
-    """Read a 3D stack (z, y, x) in its stored dtype; singleton axes are squeezed."""
+def _volume(data: np.ndarray, channels: tuple[int, ...] | None) -> np.ndarray:
+    """(z, y, x, c) -> (z, y, x) when one channel was asked for (or the file has one)."""
+    return data[..., 0] if channels is None or len(channels) == 1 else data
+
+
+def read_stack(path: str | os.PathLike, channels: tuple[int, ...] | None = None) -> np.ndarray:
+    """Read a 3D stack in its stored dtype: (z, y, x), or (z, y, x, c) when several
+    ``channels`` are asked for. A multi-channel file needs ``channels``; singleton
+    axes are squeezed; a file with a time axis of more than one point is refused."""
     path = Path(path)
     with _open(path) as tif:
-        shape, axes = _series_layout(tif, path)
-        _check_ndim(shape, axes, path, (3,))
-        array = _read_series(tif, path).reshape(shape)
+        lay = _layout(tif, path)
+        if lay.n_t > 1 or len(lay.shape) - (lay.n_c > 1) != 3:
+            _check_ndim(lay.shape, lay.axes, path, (3,))
+        chosen = lay.check_channels(channels)
+        array = _volume(_read_selection(tif, lay, None, chosen), channels)
     return _check_values(array, path)
 
 
@@ -267,31 +450,29 @@ def natural_key(s: str) -> list:
 
 @dataclass(frozen=True)
 class TimePoint:
-    """One 3D time point: a whole 3D file (``index`` None) or frame ``index`` of a 4D (t, z, y, x) file."""
+    """One 3D time point: a whole 3D file (``index`` None) or time point ``index`` of a
+    file with a t axis. ``channels``: the file channels to read (None: the file must have one)."""
 
     name: str
     source: Path
     index: int | None
+    channels: tuple[int, ...] | None = None
 
     def load(self) -> np.ndarray:
-        """The (z, y, x) volume of this time point (reads only this frame of a 4D file)."""
+        """The (z, y, x) volume of this time point, (z, y, x, c) when several channels are
+        chosen. Reads only this time point's data (memory map or its pages), not the movie."""
         if self.index is None:
-            return read_stack(self.source)
+            return read_stack(self.source, self.channels)
         path = Path(self.source)
         what = f" (time point {self.index})"
         with _open(path) as tif:
-            shape, axes = _series_layout(tif, path)
-            _check_ndim(shape, axes, path, (4,))
-            n_t = shape[0]
-            if not 0 <= self.index < n_t:
-                raise InputError(f"{path}: has {n_t} time points, no time point {self.index}")
-            full = tuple(tif.series[0].shape)
-            planes = math.prod(shape[1:-2])  # pages per time point when each page is one (y, x) plane
-            if len(tif.series[0].pages) == math.prod(full[:-2]) and full[-2:] == shape[-2:]:
-                frame = _read_series(tif, path, slice(self.index * planes, (self.index + 1) * planes))
-            else:  # pages hold more than one plane (e.g. samples): read all and pick the frame
-                frame = _read_series(tif, path).reshape(shape)[self.index]
-        return _check_values(frame.reshape(shape[1:]), path, what)
+            lay = _layout(tif, path)
+            if lay.n_t <= 1:
+                _check_ndim(lay.shape, lay.axes, path, (4,))
+            if not 0 <= self.index < lay.n_t:
+                raise InputError(f"{path}: has {lay.n_t} time points, no time point {self.index}")
+            frame = _read_selection(tif, lay, self.index, lay.check_channels(self.channels))
+        return _check_values(_volume(frame, self.channels), path, what)
 
 
 def _tiffs_in(folder: Path) -> list[Path]:
@@ -300,18 +481,23 @@ def _tiffs_in(folder: Path) -> list[Path]:
     return sorted(files, key=lambda p: natural_key(p.name))
 
 
-def _layout_of(path: Path, allowed: tuple[int, ...]) -> tuple[tuple[int, ...], str, bool]:
-    """Squeezed shape, axes, and whether the axes come from ImageJ/OME metadata (not guessed)."""
-    with _open(path) as tif:
-        shape, axes = _series_layout(tif, path)
-        labelled = bool(tif.is_imagej or tif.is_ome)
-    _check_ndim(shape, axes, path, allowed)
-    return shape, axes, labelled
+def _checked_layout(path: Path, channels: tuple[int, ...] | None, allow_time: bool) -> Layout:
+    """Layout of ``path`` checked to be (t,) z, y, x (, c) with ``channels`` valid for it."""
+    lay = read_layout(path)
+    spatial = len(lay.shape) - (lay.n_t > 1) - (lay.n_c > 1)
+    if spatial != 3 or (lay.n_t > 1 and not allow_time):
+        _check_ndim(lay.shape, lay.axes, path, (3, 4) if allow_time else (3,))
+        raise InputError(f"{path}: axes {lay.axes} ({_dims(lay.shape)}); expected a z stack (ZYX, TZYX, ZCYX or TZCYX)")
+    lay.check_channels(channels)
+    return lay
 
 
-def read_series(path: str | os.PathLike) -> list[TimePoint]:
-    """Time points of a 3D TIFF (one), a 4D (t, z, y, x) TIFF, or a folder of 3D TIFFs (natural order)."""
+def read_series(path: str | os.PathLike, channels: tuple[int, ...] | None = None) -> list[TimePoint]:
+    """Time points of a 3D TIFF (one), a TIFF with a t axis (TZYX, TZCYX, ...), or a folder
+    of 3D TIFFs (natural order). ``channels`` picks file channels (see :class:`TimePoint`).
+    Checks every file's axes and channels from its metadata; reads no pixels."""
     path = Path(path)
+    channels = tuple(channels) if channels is not None else None
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
     if path.is_dir():
@@ -319,14 +505,12 @@ def read_series(path: str | os.PathLike) -> list[TimePoint]:
         if not files:
             raise InputError(f"{path}: folder holds no TIFF files (*.tif, *.tiff)")
         for f in files:
-            _layout_of(f, (3,))
-        return [TimePoint(f.stem, f, None) for f in files]
-    shape, axes, labelled = _layout_of(path, (3, 4))
-    if len(shape) == 3:
-        return [TimePoint(path.stem, path, None)]
-    if labelled and axes != "TZYX":  # e.g. channels (ZCYX); without ImageJ/OME axes 4D is (t, z, y, x)
-        raise InputError(f"{path}: is 4D with axes {axes} ({_dims(shape)}); expected a one-channel time series TZYX")
-    return [TimePoint(f"{path.stem}_t{i:04d}", path, i) for i in range(shape[0])]
+            _checked_layout(f, channels, allow_time=False)
+        return [TimePoint(f.stem, f, None, channels) for f in files]
+    lay = _checked_layout(path, channels, allow_time=True)
+    if lay.n_t <= 1:
+        return [TimePoint(path.stem, path, None, channels)]
+    return [TimePoint(f"{path.stem}_t{i:04d}", path, i, channels) for i in range(lay.n_t)]
 
 
 # --------------------------------------------------------------------------- datasets

@@ -280,10 +280,13 @@ def test_series_errors(tmp_path):
     with pytest.raises(InputError, match="flat.tif: is 2D"):
         read_series(tmp_path / "flat.tif")
     tifffile.imwrite(tmp_path / "five.tif", np.zeros((2, 5, 2, 6, 7), np.uint8), imagej=True)
-    with pytest.raises(InputError, match="five.tif: is 5D"):
+    with pytest.raises(InputError, match=r"five.tif: has 2 channels \(0, 1\); choose the nuclear channel with --channel"):
         read_series(tmp_path / "five.tif")
+    tifffile.imwrite(tmp_path / "plain5.tif", np.zeros((2, 5, 2, 6, 7), np.uint8), photometric="minisblack")
+    with pytest.raises(InputError, match="plain5.tif: is 5D without axis metadata"):
+        read_series(tmp_path / "plain5.tif")
     tifffile.imwrite(tmp_path / "chan.tif", np.zeros((5, 2, 6, 7), np.uint8), imagej=True, metadata={"axes": "ZCYX"})
-    with pytest.raises(InputError, match="chan.tif: is 4D with axes ZCYX .*expected a one-channel time series TZYX"):
+    with pytest.raises(InputError, match=r"chan.tif: has 2 channels \(0, 1\); choose the nuclear channel"):
         read_series(tmp_path / "chan.tif")
     folder = tmp_path / "mixed"
     folder.mkdir()
@@ -339,3 +342,128 @@ def test_find_dataset_errors(tmp_path):
         find_dataset(tmp_path)
     os.remove(tmp_path / "labels" / "stray.tif")
     assert find_dataset(tmp_path)[0].labels == tmp_path / "labels" / "a.tif"
+
+
+# --------------------------------------------------------------------------- axes and channels
+
+
+def _coded(shape_tzc: tuple[int, int, int], yx=(6, 7)) -> np.ndarray:
+    """(t, z, c, y, x) uint16 whose every plane holds 1000*t + 10*c + z: axes can be told apart."""
+    n_t, n_z, n_c = shape_tzc
+    t, z, c = np.meshgrid(np.arange(n_t), np.arange(n_z), np.arange(n_c), indexing="ij")
+    return np.broadcast_to((1000 * t + 10 * c + z)[..., None, None].astype(np.uint16), (*shape_tzc, *yx)).copy()
+
+
+def _write_hyperstack(path: Path, coded: np.ndarray, axes: str, *, ome: bool = False, **kwargs) -> None:
+    """Write the (t, z, c, y, x) ``coded`` array with its first three axes ordered as ``axes`` says."""
+    kept = [a for a in axes if a in "TZC"]
+    data = np.transpose(coded, ["TZC".index(a) for a in kept] + [3, 4]) if len(kept) == 3 else coded
+    if ome:
+        tifffile.imwrite(path, data, ome=True, photometric="minisblack", metadata={"axes": axes, **kwargs})
+    else:
+        tifffile.imwrite(path, data, imagej=True, metadata={"axes": axes, **kwargs})
+
+
+@pytest.mark.parametrize("axes,ome", [("TZCYX", False), ("TCZYX", True), ("TZCYX", True)])
+def test_hyperstack_time_and_channel_axes_not_confused(tmp_path, axes, ome):
+    coded = _coded((3, 4, 2))
+    path = tmp_path / "movie.tif"
+    _write_hyperstack(path, coded, axes, ome=ome)
+    series = read_series(path, channels=(1,))
+    assert [tp.index for tp in series] == [0, 1, 2]
+    for t, tp in enumerate(series):
+        vol = tp.load()
+        assert vol.shape == (4, 6, 7)
+        assert [int(vol[z, 0, 0]) for z in range(4)] == [1000 * t + 10 + z for z in range(4)]
+    both = TimePoint("x", path, 2, (1, 0)).load()
+    assert both.shape == (4, 6, 7, 2)
+    assert int(both[3, 0, 0, 0]) == 2013 and int(both[3, 0, 0, 1]) == 2003
+
+
+def test_zcyx_hyperstack_is_one_volume_with_channels(tmp_path):
+    coded = _coded((1, 5, 3))[0]  # (z, c, y, x)
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, coded, imagej=True, metadata={"axes": "ZCYX", "Labels": ["DAPI", "GFP", "BF"] * 5})
+    series = read_series(path, channels=(0,))
+    assert series == [TimePoint("stack", path, None, (0,))]
+    np.testing.assert_array_equal(series[0].load(), coded[:, 0])
+    np.testing.assert_array_equal(read_stack(path, (2,)), coded[:, 2])
+    np.testing.assert_array_equal(read_stack(path, (2, 0)), np.stack([coded[:, 2], coded[:, 0]], axis=-1))
+    with pytest.raises(InputError, match=r"stack.tif: has 3 channels \(0: DAPI, 1: GFP, 2: BF\); choose the nuclear "
+                                         r"channel with --channel N"):
+        read_series(path)
+    with pytest.raises(InputError, match=r"stack.tif: has 3 channel\(s\) \(0: DAPI, 1: GFP, 2: BF\); no channel 3"):
+        read_series(path, channels=(3,))
+    with pytest.raises(InputError, match=r"stack.tif: has 3 channels"):
+        read_stack(path)
+
+
+def test_ome_channel_names_listed(tmp_path):
+    coded = _coded((1, 4, 2))[0]
+    path = tmp_path / "a.ome.tif"
+    tifffile.imwrite(path, np.transpose(coded, (1, 0, 2, 3)), ome=True, photometric="minisblack",
+                     metadata={"axes": "CZYX", "Channel": {"Name": ["H2B-mCherry", "membrane"]}})
+    with pytest.raises(InputError, match=r"has 2 channels \(0: H2B-mCherry, 1: membrane\)"):
+        read_series(path)
+    np.testing.assert_array_equal(read_stack(path, (1,)), coded[:, 1])
+
+
+def test_one_channel_file_has_only_channel_zero(tmp_path):
+    data = _volume(np.uint16)
+    write_stack(tmp_path / "a.tif", data)
+    np.testing.assert_array_equal(read_stack(tmp_path / "a.tif", (0,)), data)
+    with pytest.raises(InputError, match=r"a.tif: has 1 channel\(s\) \(0\); no channel 1"):
+        read_series(tmp_path / "a.tif", channels=(1,))
+
+
+@pytest.mark.parametrize("axes,shape", [("TYX", (4, 6, 7)), ("CYX", (3, 6, 7)), ("TCYX", (2, 3, 6, 7))])
+def test_axes_without_z_are_refused(tmp_path, axes, shape):
+    path = tmp_path / "noz.tif"
+    tifffile.imwrite(path, np.zeros(shape, np.uint8), imagej=True, metadata={"axes": axes})
+    with pytest.raises(InputError, match=f"noz.tif: axes {axes} .* have no z axis"):
+        read_series(path)
+    with pytest.raises(InputError, match=f"noz.tif: axes {axes}"):
+        read_stack(path)
+
+
+def test_plain_tiff_rule(tmp_path):
+    """No axis metadata: 3D is (z, y, x), 4D is (t, z, y, x), never channels."""
+    data = _coded((2, 3, 1))[:, :, 0]  # (t, z, y, x)
+    tifffile.imwrite(tmp_path / "p4.tif", data, photometric="minisblack")
+    series = read_series(tmp_path / "p4.tif")
+    assert [tp.index for tp in series] == [0, 1]
+    np.testing.assert_array_equal(series[1].load(), data[1])
+    tifffile.imwrite(tmp_path / "p3.tif", data[0], photometric="minisblack")
+    np.testing.assert_array_equal(read_stack(tmp_path / "p3.tif"), data[0])
+
+
+def test_header_without_pages_is_one_error(tmp_path):
+    path = tmp_path / "hollow.tif"
+    path.write_bytes(b"II*\x00\x00\x00\x00\x00")
+    with pytest.raises(InputError, match="hollow.tif: TIFF file holds no images"):
+        read_series(path)
+    with pytest.raises(InputError, match="hollow.tif: TIFF file holds no images"):
+        read_stack(path)
+
+
+@pytest.mark.parametrize("compression", [None, "zlib"])
+def test_time_point_reads_only_its_data(tmp_path, monkeypatch, compression):
+    """Contiguous files are memory-mapped, compressed ones read page by page: neither reads the movie."""
+    coded = _coded((4, 3, 2))
+    path = tmp_path / "m.tif"
+    tifffile.imwrite(path, coded, metadata={"axes": "TZCYX"}, photometric="minisblack", compression=compression)
+    read_keys = []
+    real = tifffile.TiffFile.asarray
+
+    def counting(self, key=None, **kwargs):
+        read_keys.append(key)
+        return real(self, key=key, **kwargs)
+
+    monkeypatch.setattr(tifffile.TiffFile, "asarray", counting)
+    monkeypatch.setattr(tifffile.TiffPageSeries, "asarray", lambda *a, **k: pytest.fail("read the whole series"))
+    vol = read_series(path, channels=(1,))[2].load()
+    assert [int(vol[z, 0, 0]) for z in range(3)] == [2010, 2011, 2012]
+    if compression:
+        assert read_keys == [[13, 15, 17]]  # pages (t=2, z, c=1) only
+    else:
+        assert read_keys == []
