@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from qca_tf import __version__
+from qca_tf.config import LOSSES, MATCH_DISTANCE_UM, OPTIMIZERS, PRECISIONS, PRESETS, DataConfig, TrainConfig
 from qca_tf.errors import QcaError
 
 log = logging.getLogger("qca_tf")
@@ -45,6 +46,10 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
+    # tifffile reports odd files on its own logger; our one-line errors say what matters (-v shows it)
+    tiff_log = logging.getLogger("tifffile")
+    tiff_log.handlers[:] = [handler] if verbose else [logging.NullHandler()]
+    tiff_log.propagate = False
 
 
 @click.group(cls=QcaGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -54,6 +59,12 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
 def main(verbose: int, quiet: bool) -> None:
     """QCANet for 3D time-lapse stacks of nuclei: NSN + NDN + watershed -> instance labels."""
     _setup_logging(verbose, quiet)
+
+
+def _channel_option(f):
+    return click.option("--channel", "channels", type=click.IntRange(0), multiple=True, metavar="N",
+                        help="Channel of multi-channel files (counted from 0) holding the nuclei; repeat it "
+                             "for a model trained on several channels.")(f)
 
 
 def _voxel_option(f):
@@ -99,7 +110,7 @@ def synth(out: Path, timepoints: int, seed: int, shape, nuclei: int, touching_pa
 
 
 @main.command()
-@click.argument("network", type=click.Choice(["nsn", "ndn", "unet3d"]))
+@click.argument("network", type=click.Choice(list(PRESETS)))
 @click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path),
               help="Dataset folder: images/ + nsn/ + ndn/ (or labels/), or images_raw/ + images_nsn/ + images_ndn/.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
@@ -110,7 +121,7 @@ def synth(out: Path, timepoints: int, seed: int, shape, nuclei: int, touching_pa
 @click.option("--depth", type=click.IntRange(1, 5), default=None, help="Down/up samplings (preset's).")
 @click.option("--init-channels", type=click.IntRange(1), default=None, help="Channels of the first conv (preset's).")
 @click.option("--kernel-size", type=click.Choice(["3", "5", "7"]), default=None, help="Kernel size (preset's).")
-@click.option("--optimizer", type=click.Choice(["sgd", "adam"]), default=None,
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=None,
               help="Optimizer [nsn, unet3d: sgd; ndn: adam].")
 @click.option("--lr", type=float, default=None, help="SGD learning rate [0.01].")
 @click.option("--momentum", type=float, default=None, help="SGD momentum [0.9].")
@@ -120,23 +131,26 @@ def synth(out: Path, timepoints: int, seed: int, shape, nuclei: int, touching_pa
 @click.option("--adam-beta2", type=float, default=None, help="Adam beta2 [0.999].")
 @click.option("--adam-epsilon", type=float, default=None, help="Adam epsilon [1e-8].")
 @click.option("--weight-decay", type=float, default=None, help="L2 weight decay [1e-5].")
-@click.option("--loss", type=click.Choice(["ce", "dice", "ce+dice"]), default=None, help="Loss [ce].")
+@click.option("--loss", type=click.Choice(LOSSES), default=None, help=f"Loss [{TrainConfig.loss}].")
 @click.option("--batch-size", type=click.IntRange(1), default=None, help="Crops per batch [1].")
 @click.option("--crops-per-volume", type=click.IntRange(1), default=None, help="Crops per training volume per epoch [4].")
 @click.option("--val-fraction", type=float, default=None, help="Fraction of volumes held out for validation [0.2].")
 @_voxel_option
+@_channel_option
 @click.option("--seed", type=int, default=None, help="Random seed [0].")
 @click.option("--distribute", is_flag=True, help="Use all GPUs (tf.distribute.MirroredStrategy).")
-def train(network: str, data_dir: Path, out_dir: Path, patch, kernel_size, voxel_size, distribute: bool, **opts) -> None:
+def train(network: str, data_dir: Path, out_dir: Path, patch, kernel_size, voxel_size, channels, distribute: bool,
+          **opts) -> None:
     """Train NETWORK (nsn, ndn or the 3D U-Net baseline unet3d) on a dataset.
 
     The best epoch by the validation metric (nsn, unet3d: IoU; ndn: detection
     F-measure) is saved in OUT; rerunning an interrupted command resumes it.
     """
-    from qca_tf.config import DataConfig, TrainConfig, preset
+    from qca_tf.config import preset
 
     model_cfg = preset(network, depth=opts.pop("depth"), init_channels=opts.pop("init_channels"),
-                       kernel_size=int(kernel_size) if kernel_size else None)
+                       kernel_size=int(kernel_size) if kernel_size else None,
+                       input_channels=len(channels) if channels else None)
     task = "ndn" if network == "ndn" else "nsn"
     defaults = {"task": task, "optimizer": "adam" if task == "ndn" else "sgd"}
     names = {"lr": "sgd_lr", "momentum": "sgd_momentum"}
@@ -151,6 +165,8 @@ def train(network: str, data_dir: Path, out_dir: Path, patch, kernel_size, voxel
         data_kw["voxel_size"] = tuple(voxel_size)
     if opts.get("val_fraction") is not None:
         data_kw["val_fraction"] = opts["val_fraction"]
+    if channels:
+        data_kw["channels"] = tuple(channels)
     data_cfg = DataConfig(**data_kw)
 
     _tensorflow()
@@ -185,12 +201,13 @@ def _parse_shard(value: str | None) -> tuple[int, int]:
 @click.option("--ndn", type=click.Path(path_type=Path), default=None,
               help="NDN model folder or SavedModel export (without it: connected components of NSN).")
 @_voxel_option
+@_channel_option
 @click.option("--nsn-threshold", type=float, default=None, help="NSN probability threshold [0.5].")
 @click.option("--ndn-threshold", type=float, default=None, help="NDN probability threshold [0.5].")
 @click.option("--min-marker-size", type=click.IntRange(0), default=None,
               help="Drop NDN components smaller than this many voxels (network grid) [0].")
-@click.option("--precision", type=click.Choice(["auto", "float32", "mixed_float16", "mixed_bfloat16"]),
-              default="auto", show_default=True, help="auto: mixed_float16 on a GPU, float32 on a CPU.")
+@click.option("--precision", type=click.Choice(PRECISIONS),
+              default=PRECISIONS[0], show_default=True, help="auto: mixed_float16 on a GPU, float32 on a CPU.")
 @click.option("--tile", nargs=3, type=click.IntRange(1), default=None, metavar="Z Y X",
               help="Force tiles of this core size (network grid voxels).")
 @click.option("--max-memory", type=float, default=4.0, show_default=True,
@@ -202,7 +219,7 @@ def _parse_shard(value: str | None) -> tuple[int, int]:
 @click.option("--overwrite", is_flag=True, help="Redo time points that are already finished.")
 @click.option("--shard", default=None, metavar="I/N", help="Process every N-th time point starting at I (job arrays).")
 @click.option("--sequential", is_flag=True, help="Do not overlap reading/watershed with the networks.")
-def predict(inputs, out_dir: Path, bundle, nsn, ndn, voxel_size, nsn_threshold, ndn_threshold, min_marker_size,
+def predict(inputs, out_dir: Path, bundle, nsn, ndn, voxel_size, channels, nsn_threshold, ndn_threshold, min_marker_size,
             precision, tile, max_memory, batch_size, jit, save_masks, no_quicklook, overwrite, shard,
             sequential) -> None:
     """Segment INPUTS (3D TIFFs, 4D t-z-y-x TIFFs or folders) into instance labels and criteria.
@@ -221,7 +238,7 @@ def predict(inputs, out_dir: Path, bundle, nsn, ndn, voxel_size, nsn_threshold, 
         raise click.UsageError("give --model BUNDLE_DIR or --nsn DIR (and --ndn DIR)")
     _tensorflow()
     from qca_tf.infer import resolve_precision
-    from qca_tf.predict import PredictOptions, load_networks, predict_series
+    from qca_tf.predict import PredictOptions, choose_channels, load_networks, predict_series
 
     policy = resolve_precision(precision)
     nets = load_networks(nsn=nsn, ndn=ndn, bundle=bundle, precision=policy)
@@ -233,7 +250,7 @@ def predict(inputs, out_dir: Path, bundle, nsn, ndn, voxel_size, nsn_threshold, 
                                 jit=jit, batch_size=batch_size)
     opts = PredictOptions(save_masks=save_masks, quicklook=not no_quicklook, overwrite=overwrite, shard=shard_t,
                           voxel_size=VoxelSize.from_xyz(voxel_size) if voxel_size else None,
-                          pipelined=not sequential)
+                          channels=choose_channels(nets, tuple(channels)), pipelined=not sequential)
     run = predict_series(list(inputs), out_dir, nets, infer_cfg, opts)
     counts = ", ".join(f"{r['name']}: {r['count']}" for r in run.summary_rows[:10])
     more = " ..." if len(run.summary_rows) > 10 else ""
@@ -250,9 +267,10 @@ def _metric_table(rows: list[dict], summary: dict) -> str:
     name_w = max([len("time point"), *(len(r["name"]) for r in rows)])
     lines = [f"{'time point':<{name_w}} " + " ".join(f"{k:>13}" for k in keys)]
     for r in rows:
-        lines.append(f"{r['name']:<{name_w}} " + " ".join(f"{r[k]:>13.4f}" for k in keys))
+        lines.append(f"{r['name']:<{name_w}} " + " ".join(
+            "n/a".rjust(13) if r[k] is None else f"{r[k]:>13.4f}" for k in keys))
     lines.append(f"{'mean (sd)':<{name_w}} " + " ".join(
-        f"{summary[k]['mean']:>6.3f} ({summary[k]['sd']:.3f})".rjust(13) for k in keys))
+        (f"{summary[k]['mean']:>6.3f} ({summary[k]['sd']:.3f})" if k in summary else "n/a").rjust(13) for k in keys))
     return "\n".join(lines)
 
 
@@ -261,22 +279,26 @@ def _metric_table(rows: list[dict], summary: dict) -> str:
 @click.option("--gt", required=True, type=click.Path(path_type=Path), help="Ground-truth labels (or masks): file or folder.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the metrics as JSON.")
-@click.option("--match-distance", type=float, default=3.0, show_default=True,
-              help="Centre-matching distance (um) for detection precision/recall/F-measure.")
+@click.option("--match-distance", type=float, default=MATCH_DISTANCE_UM, show_default=True,
+              help="Centre-matching distance (um) for detection precision/recall/F-measure "
+                   "(needs the voxel size: --voxel-size or the files' metadata).")
 @_voxel_option
 def evaluate(pred: Path, gt: Path, json_path, match_distance: float, voxel_size) -> None:
     """Compare predicted instance labels with ground truth: IoU, Dice, SEG, MUCov,
-    detection P/R/F and instance matching at IoU 0.5 and 0.75."""
-    from qca_tf.config import write_json_atomic
+    detection P/R/F and instance matching at IoU 0.5 and 0.75.
+
+    Only detection (centres matched within --match-distance um) needs the voxel size;
+    without it (no --voxel-size, no metadata) the other metrics are still computed."""
     from qca_tf.evaluate import evaluate_series
     from qca_tf.io import VoxelSize
 
-    rows, summary = evaluate_series(pred, gt, voxel_size=VoxelSize.from_xyz(voxel_size) if voxel_size else None,
-                                    match_distance_um=match_distance)
-    click.echo(_metric_table(rows, summary))
+    result = evaluate_series(pred, gt, voxel_size=VoxelSize.from_xyz(voxel_size) if voxel_size else None,
+                             match_distance_um=match_distance)
+    click.echo(_metric_table(result.rows, result.summary))
+    if result.detection_note:
+        click.echo(f"note: {result.detection_note}")
     if json_path is not None:
-        write_json_atomic(json_path, {"per_timepoint": rows, "summary": summary,
-                                      **{k: v["mean"] for k, v in summary.items()}})
+        result.write_json(json_path)
         click.echo(f"wrote {json_path}")
 
 

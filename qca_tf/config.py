@@ -24,11 +24,18 @@ OPTIMIZERS = ("sgd", "adam")
 LOSSES = ("ce", "dice", "ce+dice")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 NORMALIZATIONS = ("minmax", "percentile")
+#: Distance (um) within which a predicted nucleus centre matches a true one: the one value of
+#: the detection scores (qca-tf evaluate's default, the NDN validation F-measure, the demo).
+MATCH_DISTANCE_UM = 3.0
 
 
-def _check(cond: bool, section: str, key: str, msg: str) -> None:
+def check(cond: bool, section: str, key: str, msg: str) -> None:
+    """Raise ConfigError ``invalid SECTION.KEY: MSG`` unless ``cond`` (the validators' one check)."""
     if not cond:
         raise ConfigError(f"invalid {section}.{key}: {msg}")
+
+
+_check = check  # the short name the validators below use
 
 
 @dataclass(frozen=True)
@@ -132,7 +139,9 @@ class DataConfig:
     ``ndn_diameter`` is the NDN target sphere diameter in isotropic-grid voxels.
     ``normalization``: "minmax" (the reference: [min, max] -> [0, 1]) or "percentile"
     ([p_low, p_high] of ``norm_percentiles`` -> [0, 1], clipped): what training used
-    and prediction replays (see :func:`qca_tf.preprocess.to_network_grid`)."""
+    and prediction replays (see :func:`qca_tf.preprocess.to_network_grid`).
+    ``channels``: the file channels (counted from 0) fed to the network, in order, for
+    multi-channel files (None: one-channel files); as many as the model's input channels."""
 
     voxel_size: tuple[float, float, float] | None = None
     resample_order: int = 1
@@ -142,9 +151,14 @@ class DataConfig:
     val_fraction: float = 0.2
     normalization: str = "minmax"
     norm_percentiles: tuple[float, float] = (1.0, 99.8)
+    channels: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         s = "data"
+        if self.channels is not None:
+            _check(len(self.channels) >= 1 and len(set(self.channels)) == len(self.channels)
+                   and all(isinstance(c, int) and c >= 0 for c in self.channels), s, "channels",
+                   f"{self.channels!r} is not distinct channel numbers >= 0")
         if self.voxel_size is not None:
             _check(len(self.voxel_size) == 3 and all(float(v) > 0 for v in self.voxel_size), s, "voxel_size",
                    f"{self.voxel_size!r} is not three positive numbers (x, y, z)")

@@ -21,7 +21,7 @@ from skimage.measure import marching_cubes, mesh_surface_area
 from .atomic import atomic_path
 from .errors import InputError, OutputError
 from .io import VoxelSize
-from .postprocess import as_label_image
+from .labels import as_label_image
 
 logger = logging.getLogger(__name__)
 

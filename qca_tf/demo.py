@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import synthetic
-from .config import DataConfig, InferenceConfig, ModelConfig, PostprocessConfig, TrainConfig, write_json_atomic
+from .config import DataConfig, InferenceConfig, ModelConfig, PostprocessConfig, TrainConfig
 from .io import VoxelSize
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,6 @@ def run_demo(out: str | os.PathLike, *, seed: int = 0, timepoints: int = 6, epoc
     prediction = out / "prediction"
     predict_series([out / "data" / "test" / "images"], prediction, nets, InferenceConfig(),
                    PredictOptions(overwrite=True, progress=progress))
-    rows, summary = evaluate_series(prediction / "labels", out / "data" / "test" / "labels")
-    write_json_atomic(out / "evaluation.json", {"per_timepoint": rows, "summary": summary})
-    return DemoResult(out=out, summary=summary, prediction=prediction, bundle=bundle)
+    evaluation = evaluate_series(prediction / "labels", out / "data" / "test" / "labels")
+    evaluation.write_json(out / "evaluation.json")
+    return DemoResult(out=out, summary=evaluation.summary, prediction=prediction, bundle=bundle)

@@ -144,34 +144,37 @@ def _choose_core(model_cfg: ModelConfig, padded: tuple[int, int, int], cfg: Infe
 
 def predict_probabilities(loaded: LoadedModel, volume: np.ndarray, cfg: InferenceConfig) -> np.ndarray:
     """Foreground probability (softmax channel 1), (z, y, x) float32, for a (z, y, x)
-    volume already normalised and on the network grid. Whole volume at once when it fits
-    ``cfg.max_memory_gb`` (and ``cfg.tile`` is None), else tiles batched ``cfg.batch_size``."""
+    volume (or (z, y, x, c) for a model with c input channels) already normalised and on
+    the network grid. Whole volume at once when it fits ``cfg.max_memory_gb`` (and
+    ``cfg.tile`` is None), else tiles batched ``cfg.batch_size``."""
     volume = np.asarray(volume)
-    if volume.ndim != 3 or min(volume.shape) < 1:
+    if volume.ndim == 3:
+        volume = volume[..., None]
+    if volume.ndim != 4 or min(volume.shape) < 1:
         raise InputError(f"expected a 3D (z, y, x) volume, got shape {volume.shape}")
-    if loaded.model_cfg.input_channels != 1:
-        raise ModelError(f"{loaded.folder}: model expects {loaded.model_cfg.input_channels} input channels; "
-                         "prediction feeds one")
+    if volume.shape[-1] != loaded.model_cfg.input_channels:
+        raise ModelError(f"{loaded.folder}: model expects {loaded.model_cfg.input_channels} input channel(s); "
+                         f"the image has {volume.shape[-1]}")
     mc = loaded.model_cfg
-    padded, crop = pad_to_multiple(volume.astype(np.float32, copy=False), mc.multiple)
+    padded, crop = pad_to_multiple(volume.astype(np.float32, copy=False), mc.multiple, channels_last=True)
     forward = _forward(loaded, cfg.jit)
     margin = tile_margin(mc)
-    core = _choose_core(mc, padded.shape, cfg, margin, _itemsize(loaded))
+    core = _choose_core(mc, padded.shape[:3], cfg, margin, _itemsize(loaded))
     if core is None:
         log.debug("predicting the whole volume %s", padded.shape)
-        return np.ascontiguousarray(forward(padded[None, ..., None])[0][crop])
+        return np.ascontiguousarray(forward(padded[None])[0][crop])
 
-    tiles = plan_tiles(padded.shape, core, margin, mc.multiple)
+    tiles = plan_tiles(padded.shape[:3], core, margin, mc.multiple)
     log.debug("predicting %s in %d tiles (core %s, margin %d, batch %d)", padded.shape, len(tiles), core, margin,
              cfg.batch_size)
     groups: dict[tuple[int, ...], list] = {}
     for tile in tiles:
         groups.setdefault(tuple(s.stop - s.start for s in tile[0]), []).append(tile)
-    out = np.empty(padded.shape, np.float32)
+    out = np.empty(padded.shape[:3], np.float32)
     for group in groups.values():
         for i in range(0, len(group), cfg.batch_size):
             batch = group[i:i + cfg.batch_size]
-            probs = forward(np.stack([padded[t[0]] for t in batch])[..., None])
+            probs = forward(np.stack([padded[t[0]] for t in batch]))
             for (_, in_core, vol_core), p in zip(batch, probs):
                 out[vol_core] = p[in_core]
     return out[crop]

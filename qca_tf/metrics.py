@@ -17,8 +17,8 @@ from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import cdist
 
 from .errors import InputError
-from .postprocess import as_label_image
-from .targets import centroids
+from .config import MATCH_DISTANCE_UM
+from .labels import as_label_image, centroids
 
 logger = logging.getLogger(__name__)
 
@@ -235,12 +235,14 @@ def instance_matching(pred_labels: np.ndarray, gt_labels: np.ndarray,
 # --------------------------------------------------------------------------- all together
 
 
-def evaluate(pred_labels: np.ndarray, gt_labels: np.ndarray, spacing_zyx: Sequence[float],
-             match_distance_um: float = 3.0, thresholds: Iterable[float] = (0.5, 0.75)) -> dict[str, Any]:
+def evaluate(pred_labels: np.ndarray, gt_labels: np.ndarray, spacing_zyx: Sequence[float] | None,
+             match_distance_um: float = MATCH_DISTANCE_UM,
+             thresholds: Iterable[float] = (0.5, 0.75)) -> dict[str, Any]:
     """All metrics of one time point as a flat dict: ``iou, dice, seg, mucov,
     det_precision, det_recall, det_f1`` (detection of the instance centroids in um,
-    within ``match_distance_um``) and, per IoU threshold t, ``tp@t, fp@t, fn@t,
-    precision@t, recall@t, f1@t, ap@t`` (e.g. ``f1@0.5``)."""
+    within ``match_distance_um``; None when ``spacing_zyx`` is None, i.e. the voxel size
+    is unknown: the other metrics need none) and, per IoU threshold t, ``tp@t, fp@t,
+    fn@t, precision@t, recall@t, f1@t, ap@t`` (e.g. ``f1@0.5``)."""
     pred, gt = _same_shape(pred_labels, gt_labels)
     pred, gt = as_label_image("prediction", pred), as_label_image("ground truth", gt)
     ov = overlaps(pred, gt)
@@ -250,8 +252,11 @@ def evaluate(pred_labels: np.ndarray, gt_labels: np.ndarray, spacing_zyx: Sequen
         "seg": _mean_best(ov.best_iou_per_gt, len(ov.pred_ids)),
         "mucov": _mean_best(ov.best_iou_per_pred, len(ov.gt_ids)),
     }
-    det = detection_scores(_centres_um(pred, spacing_zyx), _centres_um(gt, spacing_zyx), match_distance_um)
-    row.update({f"det_{k}": det[k] for k in ("precision", "recall", "f1")})
+    if spacing_zyx is None:
+        row.update({f"det_{k}": None for k in ("precision", "recall", "f1")})
+    else:
+        det = detection_scores(_centres_um(pred, spacing_zyx), _centres_um(gt, spacing_zyx), match_distance_um)
+        row.update({f"det_{k}": det[k] for k in ("precision", "recall", "f1")})
     for t in thresholds:
         if not 0 < t <= 1:
             raise InputError(f"IoU threshold {t!r} is not in (0, 1]")

@@ -22,8 +22,7 @@ from skimage.segmentation import find_boundaries
 from .atomic import atomic_path
 from .errors import InputError
 from .io import VoxelSize
-from .postprocess import as_label_image
-from .targets import centroids
+from .labels import as_label_image, centroids
 
 logger = logging.getLogger(__name__)
 

@@ -14,6 +14,7 @@ from skimage.segmentation import relabel_sequential, watershed
 
 from .config import PostprocessConfig
 from .errors import InputError
+from .labels import as_label_image  # noqa: F401  (re-exported: the one label check)
 
 logger = logging.getLogger(__name__)
 
@@ -30,21 +31,6 @@ def _check_spacing(spacing_zyx: Sequence[float]) -> tuple[float, float, float]:
     if len(spacing) != 3 or not all(np.isfinite(s) and s > 0 for s in spacing):
         raise InputError(f"spacing_zyx: {tuple(spacing_zyx)!r} is not three positive numbers (z, y, x)")
     return spacing  # type: ignore[return-value]
-
-
-def as_label_image(name: str, labels: np.ndarray) -> np.ndarray:
-    """``labels`` checked to be a 3D (z, y, x) label image of integers >= 0 (bool or
-    integral floats are converted); returned as an integer array, otherwise InputError."""
-    labels = _check_3d(name, labels)
-    if labels.dtype == bool:
-        return labels.astype(np.int32)
-    if not np.issubdtype(labels.dtype, np.integer):
-        if not np.issubdtype(labels.dtype, np.floating) or not np.all(np.mod(labels, 1) == 0):
-            raise InputError(f"{name}: a label image must hold integers, got dtype {labels.dtype}")
-        labels = labels.astype(np.int64)
-    if labels.size and labels.min() < 0:
-        raise InputError(f"{name}: negative label ids are not allowed")
-    return labels
 
 
 def relabel_consecutive(labels: np.ndarray) -> np.ndarray:

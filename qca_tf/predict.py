@@ -90,10 +90,9 @@ def load_networks(*, nsn: str | os.PathLike | None = None, ndn: str | os.PathLik
     nets = Networks(nsn=load_model_folder(nsn, dtype_policy=precision),
                     ndn=load_model_folder(ndn, dtype_policy=precision) if ndn is not None else None,
                     postprocess=postprocess_cfg or stored)
-    for net, folder in ((nets.nsn, nsn), (nets.ndn, ndn)):
-        if net is not None and net.model_cfg.input_channels != 1:
-            raise ModelError(f"{folder}: model expects {net.model_cfg.input_channels} input channels; "
-                             "qca-tf predict feeds single-channel (z, y, x) stacks")
+    if nets.ndn is not None and nets.ndn.model_cfg.input_channels != nets.nsn.model_cfg.input_channels:
+        raise ModelError(f"{ndn}: takes {nets.ndn.model_cfg.input_channels} input channel(s), the NSN "
+                         f"{nets.nsn.model_cfg.input_channels}; train both on the same channels")
     if nets.nsn.task != "nsn":
         raise ModelError(f"{nsn}: is a {nets.nsn.task} model, not an NSN")
     if nets.ndn is not None:
@@ -122,11 +121,12 @@ class Prepared:
 def prepare(tp: io.TimePoint, voxel_override: io.VoxelSize | None, spacing_um: float, order: int = 1) -> Prepared:
     """Read one time point and resample + normalise it for the networks."""
     t0 = time.perf_counter()
-    raw = tp.load()
+    image = tp.load()  # (z, y, x), or (z, y, x, c) for a multi-channel model
+    raw = image if image.ndim == 3 else image[..., 0]  # outputs measure the first chosen channel
     voxel = io.voxel_size_of(tp.source, voxel_override)
     if raw.max() == raw.min():
         log.warning("%s: constant image (every voxel is %s): no nuclei", tp.name, raw.flat[0])
-    volume = preprocess.to_network_grid(raw, voxel, spacing_um, order=order)
+    volume = preprocess.to_network_grid(image, voxel, spacing_um, order=order)
     return Prepared(tp, raw, voxel, volume, time.perf_counter() - t0)
 
 
@@ -139,7 +139,7 @@ def segment(nets: Networks, volume: np.ndarray, cfg: InferenceConfig) -> tuple[n
     from .infer import predict_probabilities
 
     if not volume.any():
-        zeros = np.zeros(volume.shape, np.float32)
+        zeros = np.zeros(volume.shape[:3], np.float32)
         return zeros, (zeros if nets.ndn is not None else None)
     nsn = predict_probabilities(nets.nsn, volume, cfg)
     ndn = predict_probabilities(nets.ndn, volume, cfg) if nets.ndn is not None else None
@@ -181,6 +181,7 @@ class PredictOptions:
     overwrite: bool = False
     shard: tuple[int, int] = (0, 1)          # (index I, count N): every N-th time point from I
     voxel_size: io.VoxelSize | None = None
+    channels: tuple[int, ...] | None = None  # file channels fed to the networks (None: one-channel files)
     pipelined: bool = True
     progress: bool = True
 
@@ -206,11 +207,27 @@ def _check_output(out: Path) -> None:
         raise OutputError(f"{out}: output folder is not writable")
 
 
-def discover(inputs: list[str | os.PathLike]) -> list[io.TimePoint]:
+def choose_channels(nets: Networks, requested: tuple[int, ...] = ()) -> tuple[int, ...] | None:
+    """The file channels fed to the networks: ``requested`` (``--channel``), else, for a model
+    taking several channels, those it was trained on (its ``data.channels``); else None
+    (one-channel files; a multi-channel file is then an error listing its channels)."""
+    want = nets.nsn.model_cfg.input_channels
+    if not requested and want > 1:
+        requested = tuple((nets.nsn.info.get("data") or {}).get("channels") or ())
+        if not requested:
+            raise ModelError(f"{nets.nsn.folder}: model takes {want} channels but records no file channels; "
+                             f"give them with --channel ({want} times)")
+    if requested and len(requested) != want:
+        raise InputError(f"--channel: the model takes {want} channel(s); got {len(requested)} "
+                         f"({', '.join(map(str, requested))})")
+    return tuple(requested) or None
+
+
+def discover(inputs: list[str | os.PathLike], channels: tuple[int, ...] | None = None) -> list[io.TimePoint]:
     """All time points of the inputs (3D files, 4D files, folders), names unique."""
     tps: list[io.TimePoint] = []
     for item in inputs:
-        tps.extend(io.read_series(item))
+        tps.extend(io.read_series(item, channels))
     seen: dict[str, Path] = {}
     for tp in tps:
         if tp.name in seen:
@@ -278,7 +295,7 @@ def predict_series(inputs: list[str | os.PathLike], out_dir: str | os.PathLike, 
                    infer_cfg: InferenceConfig, opts: PredictOptions) -> RunSummary:
     """Segment every time point of ``inputs`` into ``out_dir`` (see the module docstring)."""
     out = Path(out_dir)
-    tps = discover(inputs)
+    tps = discover(inputs, opts.channels)
     _check_output(out)
     shard_i, shard_n = opts.shard
     mine = [(i, tp) for i, tp in enumerate(tps) if i % shard_n == shard_i]
@@ -390,7 +407,8 @@ def _write_run_json(out: Path, inputs, nets: Networks, infer_cfg: InferenceConfi
         "postprocess": to_dict(nets.postprocess),
         "options": {"save_masks": opts.save_masks, "overwrite": opts.overwrite, "shard": list(opts.shard),
                     "voxel_size": None if opts.voxel_size is None else list(opts.voxel_size.zyx[::-1]),
-                    "pipelined": opts.pipelined},
+                    "pipelined": opts.pipelined,
+                    "channels": None if opts.channels is None else list(opts.channels)},
         "processed": run.processed,
         "skipped": run.skipped,
         "timings_s": run.timings,

@@ -114,7 +114,13 @@ def to_network_grid(raw: np.ndarray, voxel_size: VoxelSize, spacing_um: float, *
                     normalization: str = "minmax", percentiles: Sequence[float] = (1.0, 99.8)) -> np.ndarray:
     """The one recipe that brings a stored (z, y, x) stack to the network: resample to the
     isotropic ``spacing_um`` grid with spline ``order``, then :func:`normalize`.
-    Returns (Z, Y, X) float32 in [0, 1]. Training and prediction both go through it."""
+    Returns (Z, Y, X) float32 in [0, 1]. Training and prediction both go through it.
+    A (z, y, x, c) multi-channel stack gives (Z, Y, X, c), each channel resampled and
+    normalised on its own."""
+    if np.ndim(raw) == 4:
+        return np.stack([to_network_grid(raw[..., c], voxel_size, spacing_um, order=order,
+                                         normalization=normalization, percentiles=percentiles)
+                         for c in range(raw.shape[-1])], axis=-1)
     grid = resample(np.asarray(raw, dtype=np.float32), zoom_factors(voxel_size, spacing_um), order=order)
     return normalize(grid, normalization, percentiles)
 
@@ -127,20 +133,22 @@ def mirror_pad(volume: np.ndarray, pad: int | Sequence[tuple[int, int]]) -> np.n
     return np.pad(volume, pad, mode="reflect")
 
 
-def pad_to_multiple(volume: np.ndarray, multiple: int, min_shape: Sequence[int] | None = None
-                    ) -> tuple[np.ndarray, tuple[slice, ...]]:
+def pad_to_multiple(volume: np.ndarray, multiple: int, min_shape: Sequence[int] | None = None,
+                    channels_last: bool = False) -> tuple[np.ndarray, tuple[slice, ...]]:
     """Mirror-pad at the end of each axis to a multiple of ``multiple`` (and at least ``min_shape``).
 
     Returns the padded array and the slices with ``padded[slices]`` equal to ``volume``.
+    ``channels_last``: the last axis holds channels and is not padded (nor sliced).
     """
     if not (isinstance(multiple, (int, np.integer)) and multiple >= 1):
         raise ValueError(f"multiple={multiple!r} must be a positive integer")
-    minimum = tuple(min_shape) if min_shape is not None else (1,) * volume.ndim
-    if len(minimum) != volume.ndim:
-        raise ValueError(f"min_shape {minimum} does not match a {volume.ndim}D volume")
-    target = [-(-max(n, m) // multiple) * multiple for n, m in zip(volume.shape, minimum)]
-    pads = [(0, t - n) for n, t in zip(volume.shape, target)]
-    slices = tuple(slice(0, n) for n in volume.shape)
+    spatial = volume.shape[:-1] if channels_last else volume.shape
+    minimum = tuple(min_shape) if min_shape is not None else (1,) * len(spatial)
+    if len(minimum) != len(spatial):
+        raise ValueError(f"min_shape {minimum} does not match a {len(spatial)}D volume")
+    target = [-(-max(n, m) // multiple) * multiple for n, m in zip(spatial, minimum)]
+    pads = [(0, t - n) for n, t in zip(spatial, target)] + ([(0, 0)] if channels_last else [])
+    slices = tuple(slice(0, n) for n in spatial)
     if not any(after for _, after in pads):
         return volume, slices
     return mirror_pad(volume, pads), slices

@@ -22,10 +22,11 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from .config import _check
+from .config import check as _check
 from .errors import ConfigError, OutputError
 from .io import VoxelSize, write_stack
-from .targets import centroids, ndn_target
+from .labels import centroids
+from .targets import ndn_target
 
 log = logging.getLogger(__name__)
 

@@ -12,38 +12,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from .errors import InputError
+from .labels import centroids  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
-
-
-def centroids(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Centres of gravity of every label id > 0 of a (z, y, x) label image.
-
-    Returns ``ids`` (n,) int64 in increasing order and ``centres`` (n, 3) float64 voxel
-    coordinates (z, y, x). One pass over the volume, one z slice at a time.
-    """
-    if labels.ndim != 3:
-        raise InputError(f"labels have shape {labels.shape}; expected a 3D (z, y, x) label image")
-    if labels.dtype.kind not in "biu":
-        raise InputError(f"labels have dtype {labels.dtype}; expected integer ids")
-    if labels.size == 0:
-        return np.zeros(0, np.int64), np.zeros((0, 3), np.float64)
-    if labels.dtype.kind == "i" and labels.min() < 0:
-        raise InputError("labels contain negative ids; expected 0 (background) and positive ids")
-    n = int(labels.max()) + 1
-    yy, xx = (g.ravel() for g in np.indices(labels.shape[1:], dtype=np.float64))
-    count = np.zeros(n, np.float64)
-    sums = np.zeros((3, n), np.float64)
-    for z, plane in enumerate(labels):
-        flat = plane.ravel().astype(np.intp)
-        c = np.bincount(flat, minlength=n)
-        count += c
-        sums[0] += z * c
-        sums[1] += np.bincount(flat, weights=yy, minlength=n)
-        sums[2] += np.bincount(flat, weights=xx, minlength=n)
-    ids = np.flatnonzero(count[1:]) + 1
-    centres = (sums[:, ids] / count[ids]).T
-    return ids.astype(np.int64), np.ascontiguousarray(centres)
 
 
 def centre_spheres(shape: Sequence[int], centres: np.ndarray, spacing_zyx: Sequence[float],

@@ -24,13 +24,13 @@ from . import io, losses, metrics, modelio, preprocess
 from .atomic import atomic_path
 from .config import DataConfig, ModelConfig, TrainConfig, read_json
 from .data import VolumeSpec, check_volume, training_dataset, validation_dataset
-from .errors import InputError, OutputError
+from .errors import ConfigError, InputError, OutputError
 from .models import build_unet
 
 log = logging.getLogger(__name__)
 
-#: Centre-matching distance (um) of the NDN validation F-measure.
-VAL_MATCH_DISTANCE_UM = 3.0
+#: Centre-matching distance (um) of the NDN validation F-measure (the evaluation's).
+VAL_MATCH_DISTANCE_UM = metrics.MATCH_DISTANCE_UM
 EPOCH_FIELDS = ("epoch", "loss", "metric", "lr", "best")
 
 
@@ -69,7 +69,7 @@ def collect_volumes(data_root: str | os.PathLike, task: str, data_cfg: DataConfi
                 raise InputError(
                     f"{s.image}: no NDN mask (ndn/) and no instance labels (labels/) with the same name to make one"
                 )
-        check_volume(s.image, target)
+        check_volume(s.image, target, data_cfg.channels)
         voxel = io.voxel_size_of(s.image, override)
         if spacing_um is None:
             spacing_um = min(voxel.x, voxel.y)
@@ -219,6 +219,10 @@ def train(data_root: str | os.PathLike, out_dir: str | os.PathLike, model_cfg: M
         raise OutputError(f"{out}: cannot create the output folder ({exc.strerror})") from None
     if not os.access(out, os.W_OK):
         raise OutputError(f"{out}: output folder is not writable")
+    n_channels = len(data_cfg.channels) if data_cfg.channels else 1
+    if n_channels != model_cfg.input_channels:
+        raise ConfigError(f"--channel: the model takes {model_cfg.input_channels} input channel(s) but "
+                          f"{n_channels} file channel(s) are chosen (data.channels {data_cfg.channels})")
     specs, spacing_um = collect_volumes(data_root, train_cfg.task, data_cfg)
     train_specs, val_specs = split_volumes(specs, data_cfg.val_fraction, train_cfg.seed)
     log.info("%d training and %d validation volume(s); network grid %.3g um isotropic",
