@@ -12,6 +12,7 @@ import itertools
 import logging
 import math
 import os
+import tempfile
 from collections.abc import Callable
 import numpy as np
 
@@ -142,6 +143,47 @@ def _choose_core(model_cfg: ModelConfig, padded: tuple[int, int, int], cfg: Infe
     return tuple(core)  # type: ignore[return-value]
 
 
+#: Tiled prediction keeps its padded input and its output in files (np.memmap on unlinked
+#: temp files in this folder; None: the system's temp folder) when the padded volume takes
+#: more than this fraction of --max-memory, so a volume above the budget is not held in RAM
+#: several times over.
+SCRATCH_FRACTION = 0.25
+SCRATCH_DIR: str | None = None
+
+
+def scratch_array(shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
+    """A zero-filled array backed by an unlinked temporary file (freed with the array)."""
+    with tempfile.TemporaryFile(prefix="qca-tf-", dir=SCRATCH_DIR) as fh:
+        fh.truncate(max(1, math.prod(shape)) * np.dtype(dtype).itemsize)
+        return np.memmap(fh, dtype=dtype, mode="w+", shape=shape)  # the map keeps its own descriptor
+
+
+def _pad_into_scratch(volume: np.ndarray, multiple: int) -> tuple[np.ndarray, tuple[slice, ...]]:
+    """:func:`pad_to_multiple` (channels last) into a scratch array: the same values,
+    mirrored one axis at a time from thin slabs, without a second copy in memory."""
+    spatial = volume.shape[:3]
+    target = tuple(-(-n // multiple) * multiple for n in spatial)
+    out = scratch_array((*target, volume.shape[3]))
+    core = tuple(slice(0, n) for n in spatial)
+    out[core] = volume
+    for axis, (n, t) in enumerate(zip(spatial, target)):
+        if t == n:
+            continue
+        index = [slice(0, s) for s in (*target[:axis], n, *spatial[axis + 1:])]
+        slab_index = list(index)
+        slab_index[axis] = slice(max(0, n - (t - n) - 1), n)  # enough of the end to reflect t - n voxels
+        slab = np.asarray(out[tuple(slab_index)])
+        pads = [(0, 0)] * 4
+        pads[axis] = (0, t - n)
+        padded_slab = np.pad(slab, pads, mode="reflect") if slab.shape[axis] > 1 else np.pad(slab, pads, mode="edge")
+        tail = [slice(None)] * 4
+        tail[axis] = slice(slab.shape[axis], None)
+        dest = list(index)
+        dest[axis] = slice(n, t)
+        out[tuple(dest)] = padded_slab[tuple(tail)]
+    return out, core
+
+
 def predict_probabilities(loaded: LoadedModel, volume: np.ndarray, cfg: InferenceConfig) -> np.ndarray:
     """Foreground probability (softmax channel 1), (z, y, x) float32, for a (z, y, x)
     volume (or (z, y, x, c) for a model with c input channels) already normalised and on
@@ -156,7 +198,12 @@ def predict_probabilities(loaded: LoadedModel, volume: np.ndarray, cfg: Inferenc
         raise ModelError(f"{loaded.folder}: model expects {loaded.model_cfg.input_channels} input channel(s); "
                          f"the image has {volume.shape[-1]}")
     mc = loaded.model_cfg
-    padded, crop = pad_to_multiple(volume.astype(np.float32, copy=False), mc.multiple, channels_last=True)
+    on_disk = (math.prod(-(-n // mc.multiple) * mc.multiple for n in volume.shape) * 4
+               > SCRATCH_FRACTION * cfg.max_memory_gb * 2**30 and cfg.tile is None)
+    if on_disk:  # only reached by volumes far above whole-volume size: they are tiled below
+        padded, crop = _pad_into_scratch(volume.astype(np.float32, copy=False), mc.multiple)
+    else:
+        padded, crop = pad_to_multiple(volume.astype(np.float32, copy=False), mc.multiple, channels_last=True)
     forward = _forward(loaded, cfg.jit)
     margin = tile_margin(mc)
     core = _choose_core(mc, padded.shape[:3], cfg, margin, _itemsize(loaded))
@@ -170,7 +217,7 @@ def predict_probabilities(loaded: LoadedModel, volume: np.ndarray, cfg: Inferenc
     groups: dict[tuple[int, ...], list] = {}
     for tile in tiles:
         groups.setdefault(tuple(s.stop - s.start for s in tile[0]), []).append(tile)
-    out = np.empty(padded.shape[:3], np.float32)
+    out = scratch_array(padded.shape[:3]) if on_disk else np.empty(padded.shape[:3], np.float32)
     for group in groups.values():
         for i in range(0, len(group), cfg.batch_size):
             batch = group[i:i + cfg.batch_size]
