@@ -171,7 +171,7 @@ def _roles(full_axes: str, full_shape: tuple[int, ...], path: Path) -> tuple[str
     if unknown and any(a in _KNOWN_AXES for a in axes):
         raise _layout_error(path, shape, axes, "mix known and unknown axes; save it as an ImageJ hyperstack (TZCYX)")
     if not labelled:
-        n_other = sum(1 for a, n in kept if a not in "YX")
+        n_other = sum(1 for a, n in kept if a not in "YX") - axes.endswith("S")  # colour samples are channels
         plain = {1: "z", 2: "tz"}.get(n_other)
         if plain is None and n_other > 2:
             raise InputError(f"{path}: is {len(kept)}D without axis metadata ({_dims(shape)}); "

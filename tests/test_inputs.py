@@ -80,7 +80,7 @@ def test_evaluation_json_same_shape_from_cli_and_demo_writer(tmp_path):
 
 def test_evaluate_float_labels_error_names_file(tmp_path):
     io.write_stack(tmp_path / "gt.tif", np.ones((4, 8, 8), np.uint8))
-    tifffile.imwrite(tmp_path / "p.tif", np.full((4, 8, 8), 0.5, np.float32))
+    tifffile.imwrite(tmp_path / "p.tif", np.full((4, 8, 8), 0.5, np.float32), photometric="minisblack")
     one_line_error(invoke("evaluate", "--pred", tmp_path / "p.tif", "--gt", tmp_path / "gt.tif"),
                    "p.tif: a label image must hold integers")
 

@@ -467,3 +467,12 @@ def test_time_point_reads_only_its_data(tmp_path, monkeypatch, compression):
         assert read_keys == [[13, 15, 17]]  # pages (t=2, z, c=1) only
     else:
         assert read_keys == []
+
+
+def test_rgb_samples_are_channels(tmp_path):
+    data = np.ascontiguousarray(_coded((1, 4, 3))[0].transpose(0, 2, 3, 1)).astype(np.uint8)  # (z, y, x, 3)
+    path = tmp_path / "rgb.tif"
+    tifffile.imwrite(path, data, photometric="rgb")
+    with pytest.raises(InputError, match=r"rgb.tif: has 3 channels \(0, 1, 2\)"):
+        read_series(path)
+    np.testing.assert_array_equal(read_stack(path, (2,)), data[..., 2])
