@@ -13,10 +13,13 @@ from pathlib import Path
 import click
 
 from qca_tf import __version__
-from qca_tf.config import LOSSES, MATCH_DISTANCE_UM, OPTIMIZERS, PRECISIONS, PRESETS, DataConfig, TrainConfig
+from qca_tf.config import (LOSSES, MATCH_DISTANCE_UM, OPTIMIZERS, PRECISIONS, PRESETS, DataConfig, InferenceConfig,
+                            PostprocessConfig, TrainConfig)
 from qca_tf.errors import QcaError
 
 log = logging.getLogger("qca_tf")
+# Defaults shown in --help come from the configs, so the two cannot disagree.
+_T, _D, _P, _I = TrainConfig(), DataConfig(), PostprocessConfig(), InferenceConfig()
 
 
 def _tensorflow() -> None:
@@ -115,29 +118,29 @@ def synth(out: Path, timepoints: int, seed: int, shape, nuclei: int, touching_pa
               help="Dataset folder: images/ + nsn/ + ndn/ (or labels/), or images_raw/ + images_nsn/ + images_ndn/.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Model folder to write (config.json, model.keras, epochs.csv).")
-@click.option("--epochs", type=click.IntRange(1), default=None, help="Epochs [50].")
+@click.option("--epochs", type=click.IntRange(1), default=None, help=f"Epochs [{_T.epochs}].")
 @click.option("--patch", type=click.IntRange(2), multiple=True, metavar="P",
-              help="Crop size on the isotropic grid: one value (cube) or three (z y x) [96].")
+              help=f"Crop size on the isotropic grid: one value (cube) or three (z y x) [{_D.patch[0]}].")
 @click.option("--depth", type=click.IntRange(1, 5), default=None, help="Down/up samplings (preset's).")
 @click.option("--init-channels", type=click.IntRange(1), default=None, help="Channels of the first conv (preset's).")
 @click.option("--kernel-size", type=click.Choice(["3", "5", "7"]), default=None, help="Kernel size (preset's).")
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=None,
               help="Optimizer [nsn, unet3d: sgd; ndn: adam].")
-@click.option("--lr", type=float, default=None, help="SGD learning rate [0.01].")
-@click.option("--momentum", type=float, default=None, help="SGD momentum [0.9].")
-@click.option("--lr-decay", type=float, default=None, help="Factor applied to the learning rate when the validation metric drops [0.5].")
-@click.option("--adam-alpha", type=float, default=None, help="Adam step size [1e-3].")
-@click.option("--adam-beta1", type=float, default=None, help="Adam beta1 [0.9].")
-@click.option("--adam-beta2", type=float, default=None, help="Adam beta2 [0.999].")
-@click.option("--adam-epsilon", type=float, default=None, help="Adam epsilon [1e-8].")
-@click.option("--weight-decay", type=float, default=None, help="L2 weight decay [1e-5].")
-@click.option("--loss", type=click.Choice(LOSSES), default=None, help=f"Loss [{TrainConfig.loss}].")
-@click.option("--batch-size", type=click.IntRange(1), default=None, help="Crops per batch [1].")
-@click.option("--crops-per-volume", type=click.IntRange(1), default=None, help="Crops per training volume per epoch [4].")
-@click.option("--val-fraction", type=float, default=None, help="Fraction of volumes held out for validation [0.2].")
+@click.option("--lr", type=float, default=None, help=f"SGD learning rate [{_T.sgd_lr}].")
+@click.option("--momentum", type=float, default=None, help=f"SGD momentum [{_T.sgd_momentum}].")
+@click.option("--lr-decay", type=float, default=None, help=f"Factor applied to the learning rate when the validation metric drops [{_T.lr_decay}].")
+@click.option("--adam-alpha", type=float, default=None, help=f"Adam step size [{_T.adam_alpha}].")
+@click.option("--adam-beta1", type=float, default=None, help=f"Adam beta1 [{_T.adam_beta1}].")
+@click.option("--adam-beta2", type=float, default=None, help=f"Adam beta2 [{_T.adam_beta2}].")
+@click.option("--adam-epsilon", type=float, default=None, help=f"Adam epsilon [{_T.adam_epsilon}].")
+@click.option("--weight-decay", type=float, default=None, help=f"L2 weight decay [{_T.weight_decay}].")
+@click.option("--loss", type=click.Choice(LOSSES), default=None, help=f"Loss [{_T.loss}].")
+@click.option("--batch-size", type=click.IntRange(1), default=None, help=f"Crops per batch [{_T.batch_size}].")
+@click.option("--crops-per-volume", type=click.IntRange(1), default=None, help=f"Crops per training volume per epoch [{_T.crops_per_volume}].")
+@click.option("--val-fraction", type=float, default=None, help=f"Fraction of volumes held out for validation [{_D.val_fraction}].")
 @_voxel_option
 @_channel_option
-@click.option("--seed", type=int, default=None, help="Random seed [0].")
+@click.option("--seed", type=int, default=None, help=f"Random seed [{_T.seed}].")
 @click.option("--distribute", is_flag=True, help="Use all GPUs (tf.distribute.MirroredStrategy).")
 def train(network: str, data_dir: Path, out_dir: Path, patch, kernel_size, voxel_size, channels, distribute: bool,
           **opts) -> None:
@@ -202,17 +205,17 @@ def _parse_shard(value: str | None) -> tuple[int, int]:
               help="NDN model folder or SavedModel export (without it: connected components of NSN).")
 @_voxel_option
 @_channel_option
-@click.option("--nsn-threshold", type=float, default=None, help="NSN probability threshold [0.5].")
-@click.option("--ndn-threshold", type=float, default=None, help="NDN probability threshold [0.5].")
+@click.option("--nsn-threshold", type=float, default=None, help=f"NSN probability threshold [{_P.nsn_threshold}].")
+@click.option("--ndn-threshold", type=float, default=None, help=f"NDN probability threshold [{_P.ndn_threshold}].")
 @click.option("--min-marker-size", type=click.IntRange(0), default=None,
-              help="Drop NDN components smaller than this many voxels (network grid) [0].")
+              help=f"Drop NDN components smaller than this many voxels (network grid) [{_P.min_marker_size}].")
 @click.option("--precision", type=click.Choice(PRECISIONS),
               default=PRECISIONS[0], show_default=True, help="auto: mixed_float16 on a GPU, float32 on a CPU.")
 @click.option("--tile", nargs=3, type=click.IntRange(1), default=None, metavar="Z Y X",
               help="Force tiles of this core size (network grid voxels).")
-@click.option("--max-memory", type=float, default=4.0, show_default=True,
+@click.option("--max-memory", type=float, default=_I.max_memory_gb, show_default=True,
               help="Memory budget (GB) that decides whole-volume vs tiled prediction.")
-@click.option("--batch-size", type=click.IntRange(1), default=1, show_default=True, help="Tiles per batch.")
+@click.option("--batch-size", type=click.IntRange(1), default=_I.batch_size, show_default=True, help="Tiles per batch.")
 @click.option("--jit", is_flag=True, help="Compile the networks with XLA.")
 @click.option("--save-masks", is_flag=True, help="Also write the NSN and NDN masks (OUT/nsn, OUT/ndn).")
 @click.option("--no-quicklook", is_flag=True, help="Skip the per-time-point quick-look PNGs.")
@@ -323,9 +326,9 @@ def export(model_dir: Path, out_dir: Path, overwrite: bool) -> None:
 @click.option("--nsn", required=True, type=click.Path(path_type=Path), help="NSN model folder.")
 @click.option("--ndn", required=True, type=click.Path(path_type=Path), help="NDN model folder.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Bundle folder.")
-@click.option("--nsn-threshold", type=float, default=0.5, show_default=True)
-@click.option("--ndn-threshold", type=float, default=0.5, show_default=True)
-@click.option("--min-marker-size", type=click.IntRange(0), default=0, show_default=True)
+@click.option("--nsn-threshold", type=float, default=_P.nsn_threshold, show_default=True)
+@click.option("--ndn-threshold", type=float, default=_P.ndn_threshold, show_default=True)
+@click.option("--min-marker-size", type=click.IntRange(0), default=_P.min_marker_size, show_default=True)
 def bundle(nsn: Path, ndn: Path, out_dir: Path, nsn_threshold, ndn_threshold, min_marker_size) -> None:
     """Combine an NSN and an NDN model folder and post-processing parameters into one
     QCANet bundle for `qca-tf predict --model`."""
