@@ -104,7 +104,7 @@ def synth(out: Path, timepoints: int, seed: int, shape, nuclei: int, touching_pa
 @click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path),
               help="Dataset folder: images/ + nsn/ + ndn/ (or labels/), or images_raw/ + images_nsn/ + images_ndn/.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Model folder to write (config.json, model.keras, epochs.csv).")
+              help="Model folder to write (config.json, weights.h5, epochs.csv).")
 @click.option("--epochs", type=click.IntRange(1), default=None, help="Epochs [50].")
 @click.option("--patch", type=click.IntRange(2), multiple=True, metavar="P",
               help="Crop size on the isotropic grid: one value (cube) or three (z y x) [96].")
@@ -127,6 +127,8 @@ def synth(out: Path, timepoints: int, seed: int, shape, nuclei: int, touching_pa
 @click.option("--val-fraction", type=float, default=None, help="Fraction of volumes held out for validation [0.2].")
 @_voxel_option
 @click.option("--seed", type=int, default=None, help="Random seed [0].")
+@click.option("--precision", type=click.Choice(PRECISIONS), default=None,
+              help="auto: mixed_float16 with loss scaling on a GPU, float32 on a CPU [auto].")
 @click.option("--distribute", is_flag=True, help="Use all GPUs (tf.distribute.MirroredStrategy).")
 def train(network: str, data_dir: Path, out_dir: Path, patch, kernel_size, voxel_size, distribute: bool, **opts) -> None:
     """Train NETWORK (nsn, ndn or the 3D U-Net baseline unet3d) on a dataset.

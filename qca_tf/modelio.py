@@ -325,7 +325,7 @@ def load_model_folder(folder: str | os.PathLike, *, dtype_policy: str | None = N
         precision = "float32"
         model: Any = SavedModelWrapper(folder)
     else:
-        model = build_unet(model_cfg, dtype_policy=dtype_policy)
+        model = build_unet(model_cfg, dtype_policy=dtype_policy, kernel_initializer="zeros")  # weights follow
         if source.name == WEIGHTS_NAME:
             read_weights(source, model, folder)
         else:

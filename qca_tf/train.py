@@ -231,6 +231,8 @@ def train(data_root: str | os.PathLike, out_dir: str | os.PathLike, model_cfg: M
     An interrupted run resumes from its last finished epoch when called again with the
     same ``out_dir``.
     """
+    policy = resolve_precision(train_cfg.precision)  # before any work: mixed_float16 needs a GPU
+    log.info("training with precision %s", policy)
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -259,8 +261,6 @@ def train(data_root: str | os.PathLike, out_dir: str | os.PathLike, model_cfg: M
     train_ds = train_ds.skip(done_epochs * steps)
     val_ds = validation_dataset(val_specs, data_cfg, multiple=model_cfg.multiple, ndn_diameter_um=diameter_um)
 
-    policy = resolve_precision(train_cfg.precision)
-    log.info("training with precision %s", policy)
     with _strategy(distribute).scope():
         model = build_compiled(model_cfg, train_cfg, policy)
     callback = EpochCallback(out=out, val_ds=val_ds, model_cfg=model_cfg, train_cfg=train_cfg,
