@@ -23,7 +23,8 @@ from pathlib import Path
 from . import __version__
 from .config import InferenceConfig, PostprocessConfig, from_dict, read_json, to_dict, write_json_atomic
 from .errors import ConfigError, ModelError
-from .modelio import CONFIG_NAME, LoadedModel, check_input_channels, copy_model_folder, format_version, read_model_config
+from .modelio import (CONFIG_NAME, LoadedModel, check_input_channels, copy_model_folder, format_version,
+                      read_model_config)
 from .preprocess import GridRecipe
 
 log = logging.getLogger(__name__)

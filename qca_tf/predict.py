@@ -1,7 +1,8 @@
 """Time series in, instance labels and criteria out: the ``qca-tf predict`` job.
 
 Per time point: read -> resample to the network grid and normalise as each model
-recorded (its GridRecipe; once per distinct recipe) -> NSN and NDN probabilities -> watershed -> labels back on the original grid -> criteria. The
+recorded (its GridRecipe; once per distinct recipe) -> NSN and NDN probabilities
+-> watershed -> labels back on the original grid -> criteria. The
 three phases run in a pipeline (a reader thread, the networks on the calling
 thread, a post-processing thread), so on a long series the networks do not wait
 for the disk or the watershed.

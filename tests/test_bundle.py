@@ -141,8 +141,10 @@ def test_bundle_round_trip_and_format_1_migration(bundles, tmp_path):
      "written in qca_tf.bundle format 3 by a newer qca_tf; .*upgrade qca_tf"),
     ({"format": "qcanet", "postprocess": {}}, ModelError, "format 'qcanet' is not a qca_tf.bundle format"),
     ({"format": "qca_tf.bundle/2", "postprocess": {}, "thresholds": 1}, ConfigError, "unknown key 'thresholds'"),
-    ({"format": "qca_tf.bundle/2", "postprocess": {"nsn_threshold": 2}}, ConfigError, "invalid postprocess.nsn_threshold"),
-    ({"format": "qca_tf.bundle/2", "postprocess": {}, "voxel_size_um": [0.8, 0]}, ConfigError, "voxel_size_um \\[0.8, 0\\] is not three"),
+    ({"format": "qca_tf.bundle/2", "postprocess": {"nsn_threshold": 2}}, ConfigError,
+     "invalid postprocess.nsn_threshold"),
+    ({"format": "qca_tf.bundle/2", "postprocess": {}, "voxel_size_um": [0.8, 0]}, ConfigError,
+     r"voxel_size_um \[0.8, 0\] is not three"),
 ])
 def test_bad_bundle_files(bundles, tmp_path, payload, error, pattern):
     root, _ = bundles
@@ -250,3 +252,22 @@ def test_predict_cli_with_a_name_equals_the_folder(registered, monkeypatch, bund
     np.testing.assert_array_equal(io.read_stack(tmp_path / "a" / "labels" / "t0000.tif"),
                                   io.read_stack(tmp_path / "b" / "labels" / "t0000.tif"))
     assert read_json(tmp_path / "a" / "run.json")["postprocess"]["nsn_threshold"] == 0.4
+
+
+def test_package_data_covers_every_file_of_a_bundle(bundles, tmp_path):
+    """A bundle copied into qca_tf/pretrained/<name>/ would go into the wheel whole:
+    setup.cfg's package_data patterns match every file make_bundle writes."""
+    import configparser
+    import fnmatch
+    from pathlib import Path
+
+    root, _ = bundles
+    out = make_bundle(tmp_path / "pretrained" / "embryo", root / "mixed" / "nsn", root / "mixed" / "ndn",
+                      PostprocessConfig())
+    parser = configparser.ConfigParser()
+    parser.read(Path(__file__).resolve().parents[1] / "setup.cfg")
+    patterns = [p.strip() for p in parser["options.package_data"]["qca_tf"].splitlines() if p.strip()]
+    files = [p.relative_to(tmp_path).as_posix() for p in out.rglob("*") if p.is_file()]
+    assert len(files) == 5
+    for f in files:
+        assert any(fnmatch.fnmatch(f, pat) for pat in patterns), f
