@@ -164,7 +164,7 @@ def bench_reference(args: argparse.Namespace) -> dict[str, Any]:
     given = {"nsn": args.nsn, "ndn": args.ndn}
     loaded_given = {task: load_model_folder(folder) for task, folder in given.items() if folder}
     spacing = next(iter(loaded_given.values())).spacing_um if loaded_given else SPACING_UM
-    volume = preprocess.normalize(preprocess.resample(raw, preprocess.zoom_factors(voxel, spacing), order=1))
+    volume = preprocess.to_network_grid(raw, voxel, spacing)
     log.info("volume %s -> network grid %s (spacing %.3g um)", raw.shape, volume.shape, spacing)
     result: dict[str, Any] = {"source": source, "voxel_size_xyz_um": list(args.voxel_size), "spacing_um": spacing,
                               "grid_shape": list(volume.shape), "networks": {}}
@@ -241,7 +241,7 @@ def bench_reference(args: argparse.Namespace) -> dict[str, Any]:
 
 def bench_series(args: argparse.Namespace) -> dict[str, Any]:
     """Part 2: predict_series pipelined vs sequential on a synthetic series."""
-    from qca_tf import io, predict, synthetic
+    from qca_tf import io, predict, preprocess, synthetic
     from qca_tf.config import PRESETS, InferenceConfig, ModelConfig
     from qca_tf.modelio import save_model_folder
 
@@ -252,7 +252,7 @@ def bench_series(args: argparse.Namespace) -> dict[str, Any]:
         scfg = synthetic.SynthConfig(shape=shape, timepoints=args.timepoints, seed=args.seed)
         synthetic.write_dataset(tmp / "data", synthetic.make_series(scfg), io.VoxelSize.from_xyz(scfg.voxel_size))
         images = tmp / "data" / "images"
-        first = predict.prepare(io.read_series(images)[0], None, SPACING_UM)
+        first = predict.prepare(io.read_series(images)[0], None, [preprocess.GridRecipe(SPACING_UM)])
         folders = {}
         for task in ("nsn", "ndn"):
             if args.series_models == "preset":

@@ -117,7 +117,7 @@ def synth(out: Path, timepoints: int, seed: int, shape, nuclei: int, touching_pa
 @click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path),
               help="Dataset folder: images/ + nsn/ + ndn/ (or labels/), or images_raw/ + images_nsn/ + images_ndn/.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Model folder to write (config.json, model.keras, epochs.csv).")
+              help="Model folder to write (config.json, weights.h5, epochs.csv).")
 @click.option("--epochs", type=click.IntRange(1), default=None, help=f"Epochs [{_T.epochs}].")
 @click.option("--patch", type=click.IntRange(2), multiple=True, metavar="P",
               help=f"Crop size on the isotropic grid: one value (cube) or three (z y x) [{_D.patch[0]}].")
@@ -141,6 +141,8 @@ def synth(out: Path, timepoints: int, seed: int, shape, nuclei: int, touching_pa
 @_voxel_option
 @_channel_option
 @click.option("--seed", type=int, default=None, help=f"Random seed [{_T.seed}].")
+@click.option("--precision", type=click.Choice(PRECISIONS), default=None,
+              help="auto: mixed_float16 with loss scaling on a GPU, float32 on a CPU [auto].")
 @click.option("--distribute", is_flag=True, help="Use all GPUs (tf.distribute.MirroredStrategy).")
 def train(network: str, data_dir: Path, out_dir: Path, patch, kernel_size, voxel_size, channels, distribute: bool,
           **opts) -> None:
@@ -198,8 +200,9 @@ def _parse_shard(value: str | None) -> tuple[int, int]:
 @main.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
-@click.option("--model", "bundle", type=click.Path(path_type=Path), default=None,
-              help="QCANet bundle folder (nsn/, ndn/, qcanet.json), e.g. from `qca-tf demo`.")
+@click.option("--model", "bundle", type=str, default=None, metavar="BUNDLE",
+              help="QCANet bundle: a folder (nsn/, ndn/, qcanet.json, e.g. from `qca-tf demo`) or the name of "
+                   "an installed model (`qca-tf models` lists them).")
 @click.option("--nsn", type=click.Path(path_type=Path), default=None, help="NSN model folder or SavedModel export.")
 @click.option("--ndn", type=click.Path(path_type=Path), default=None,
               help="NDN model folder or SavedModel export (without it: connected components of NSN).")
@@ -238,19 +241,18 @@ def predict(inputs, out_dir: Path, bundle, nsn, ndn, voxel_size, channels, nsn_t
 
     shard_t = _parse_shard(shard)
     if bundle is None and nsn is None:
-        raise click.UsageError("give --model BUNDLE_DIR or --nsn DIR (and --ndn DIR)")
+        raise click.UsageError("give --model BUNDLE (a folder or a name) or --nsn DIR (and --ndn DIR)")
+    infer_cfg = InferenceConfig(precision=precision, tile=tuple(tile) if tile else None, max_memory_gb=max_memory,
+                                jit=jit, batch_size=batch_size)
     _tensorflow()
-    from qca_tf.infer import resolve_precision
-    from qca_tf.predict import PredictOptions, choose_channels, load_networks, predict_series
+    from qca_tf.bundle import load_networks
+    from qca_tf.predict import PredictOptions, choose_channels, predict_series
 
-    policy = resolve_precision(precision)
-    nets = load_networks(nsn=nsn, ndn=ndn, bundle=bundle, precision=policy)
+    nets = load_networks(nsn=nsn, ndn=ndn, bundle=bundle, infer_cfg=infer_cfg)
     overrides = {k: v for k, v in {"nsn_threshold": nsn_threshold, "ndn_threshold": ndn_threshold,
                                    "min_marker_size": min_marker_size}.items() if v is not None}
     if overrides:
         nets.postprocess = dataclasses.replace(nets.postprocess, **overrides)
-    infer_cfg = InferenceConfig(precision=policy, tile=tuple(tile) if tile else None, max_memory_gb=max_memory,
-                                jit=jit, batch_size=batch_size)
     opts = PredictOptions(save_masks=save_masks, quicklook=not no_quicklook, overwrite=overwrite, shard=shard_t,
                           voxel_size=VoxelSize.from_xyz(voxel_size) if voxel_size else None,
                           channels=choose_channels(nets, tuple(channels)), pipelined=not sequential)
@@ -329,26 +331,36 @@ def export(model_dir: Path, out_dir: Path, overwrite: bool) -> None:
 @click.option("--nsn-threshold", type=float, default=_P.nsn_threshold, show_default=True)
 @click.option("--ndn-threshold", type=float, default=_P.ndn_threshold, show_default=True)
 @click.option("--min-marker-size", type=click.IntRange(0), default=_P.min_marker_size, show_default=True)
-def bundle(nsn: Path, ndn: Path, out_dir: Path, nsn_threshold, ndn_threshold, min_marker_size) -> None:
+@click.option("--description", default="", help="What data the networks learnt from (shown by `qca-tf models`).")
+@click.option("--voxel-size", nargs=3, type=float, default=None, metavar="X Y Z",
+              help="Voxel size (um, x y z) of the training images (shown by `qca-tf models`).")
+def bundle(nsn: Path, ndn: Path, out_dir: Path, nsn_threshold, ndn_threshold, min_marker_size, description,
+           voxel_size) -> None:
     """Combine an NSN and an NDN model folder and post-processing parameters into one
-    QCANet bundle for `qca-tf predict --model`."""
-    import shutil
-
+    QCANet bundle for `qca-tf predict --model` (weights only: no optimiser state)."""
     from qca_tf.config import PostprocessConfig
 
     _tensorflow()
-    from qca_tf.predict import save_bundle
+    from qca_tf.bundle import make_bundle
 
     post = PostprocessConfig(nsn_threshold=nsn_threshold, ndn_threshold=ndn_threshold,
                              min_marker_size=min_marker_size)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name, src in (("nsn", nsn), ("ndn", ndn)):
-        if not (src / "config.json").exists():
-            raise click.ClickException(f"{src}: not a model folder (no config.json)")
-        if (out_dir / name).resolve() != src.resolve():
-            shutil.copytree(src, out_dir / name, dirs_exist_ok=True)
-    save_bundle(out_dir, post)
+    make_bundle(out_dir, nsn, ndn, post, description=description,
+                voxel_size_um=tuple(voxel_size) if voxel_size else None)
     click.echo(f"bundle written to {out_dir}")
+
+
+@main.command()
+def models() -> None:
+    """List the named models `qca-tf predict --model NAME` accepts: shipped with
+    qca_tf, or in the folders of $QCA_TF_MODELS."""
+    from qca_tf.registry import ENV_VAR, PACKAGE_ROOT, list_models
+
+    entries = list_models()
+    if not entries:
+        click.echo(f"no named models installed (none in {PACKAGE_ROOT} or ${ENV_VAR})")
+    for entry in entries:
+        click.echo(entry.line())
 
 
 # ------------------------------------------------------------------------- demo

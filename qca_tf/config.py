@@ -88,7 +88,8 @@ def preset(name: str, **overrides: Any) -> ModelConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation. ``task`` decides the target (nsn mask or ndn centre mask) and the
-    validation metric (nsn: IoU, ndn: detection F-measure)."""
+    validation metric (nsn: IoU, ndn: detection F-measure). ``precision``: the Keras
+    dtype policy (auto: mixed_float16 with loss scaling on a GPU, float32 on a CPU)."""
 
     task: str = "nsn"
     optimizer: str = "sgd"
@@ -106,6 +107,7 @@ class TrainConfig:
     loss: str = "ce"
     class_weights: tuple[float, float] | None = None
     seed: int = 0
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         s = "train"
@@ -122,6 +124,8 @@ class TrainConfig:
         for key in ("epochs", "batch_size", "crops_per_volume"):
             v = getattr(self, key)
             _check(isinstance(v, int) and v >= 1, s, key, f"{v!r} is not a positive integer")
+        _check(self.precision in PRECISIONS, s, "precision",
+               f"{self.precision!r} is not one of {', '.join(PRECISIONS)}")
         if self.class_weights is not None:
             _check(len(self.class_weights) == 2 and all(w > 0 for w in self.class_weights), s, "class_weights",
                    "must be two positive numbers")
@@ -203,7 +207,8 @@ class InferenceConfig:
 
     def __post_init__(self) -> None:
         s = "inference"
-        _check(self.precision in PRECISIONS, s, "precision", f"{self.precision!r} is not one of {', '.join(PRECISIONS)}")
+        _check(self.precision in PRECISIONS, s, "precision",
+               f"{self.precision!r} is not one of {', '.join(PRECISIONS)}")
         if self.tile is not None:
             _check(len(self.tile) == 3 and all(isinstance(t, int) and t >= 1 for t in self.tile), s, "tile",
                    f"{self.tile!r} is not three positive integers (z, y, x)")

@@ -49,7 +49,8 @@ def run_demo(out: str | os.PathLike, *, seed: int = 0, timepoints: int = 6, epoc
              progress: bool = True) -> DemoResult:
     """Run the demo into ``out`` and return the headline metrics (mean over test time points)."""
     from .evaluate import evaluate_series
-    from .predict import PredictOptions, load_networks, predict_series, save_bundle
+    from .bundle import load_networks, save_bundle
+    from .predict import PredictOptions, predict_series
     from .train import train
 
     out = Path(out)
@@ -70,13 +71,14 @@ def run_demo(out: str | os.PathLike, *, seed: int = 0, timepoints: int = 6, epoc
     train(out / "data" / "train", bundle / "nsn", DEMO_NSN, nsn_cfg, data_cfg, verbose=verbose)
     log.info("training NDN")
     train(out / "data" / "train", bundle / "ndn", DEMO_NDN, ndn_cfg, data_cfg, verbose=verbose)
-    save_bundle(bundle, PostprocessConfig())
+    save_bundle(bundle, PostprocessConfig(), description="qca-tf demo: synthetic embryos (seed "
+                f"{seed}), {DEMO_NSN.depth}-level networks with {DEMO_NSN.init_channels} channels",
+                voxel_size_um=(voxel.x, voxel.y, voxel.z))
 
-    from .infer import resolve_precision
-
-    nets = load_networks(bundle=bundle, precision=resolve_precision("auto"))
+    infer_cfg = InferenceConfig()
+    nets = load_networks(bundle=bundle, infer_cfg=infer_cfg)
     prediction = out / "prediction"
-    predict_series([out / "data" / "test" / "images"], prediction, nets, InferenceConfig(),
+    predict_series([out / "data" / "test" / "images"], prediction, nets, infer_cfg,
                    PredictOptions(overwrite=True, progress=progress))
     evaluation = evaluate_series(prediction / "labels", out / "data" / "test" / "labels")
     evaluation.write_json(out / "evaluation.json")

@@ -16,9 +16,9 @@ import tempfile
 from collections.abc import Callable
 import numpy as np
 
-from .config import InferenceConfig, ModelConfig
-from .errors import ConfigError, InputError, ModelError
-from .modelio import LoadedModel, SavedModelWrapper, load_model_folder
+from .config import PRECISIONS, InferenceConfig, ModelConfig
+from .errors import ConfigError, InputError
+from .modelio import LoadedModel, SavedModelWrapper, check_input_channels, load_model_folder
 from .models import activation_bytes_per_voxel, tile_margin
 from .preprocess import pad_to_multiple
 
@@ -32,10 +32,14 @@ Slices = tuple[slice, slice, slice]
 
 
 def resolve_precision(requested: str) -> str:
-    """The Keras dtype policy for ``requested`` (config.PRECISIONS): "auto" is
-    mixed_float16 with a GPU, else float32; mixed_float16 without a GPU is an error."""
+    """The Keras dtype policy for ``requested`` (one of config.PRECISIONS): "auto" is
+    mixed_float16 with a GPU, else float32; mixed_float16 without a GPU is an error.
+    Resolved once per job (by :func:`qca_tf.bundle.load_networks`, :func:`load_for_inference`
+    or training) and recorded on what it made (``LoadedModel.precision``)."""
     import tensorflow as tf
 
+    if requested not in PRECISIONS:
+        raise ConfigError(f"unknown precision {requested!r}; choose one of {', '.join(PRECISIONS)}")
     has_gpu = bool(tf.config.list_physical_devices("GPU"))
     if requested == "auto":
         return "mixed_float16" if has_gpu else "float32"
@@ -44,13 +48,12 @@ def resolve_precision(requested: str) -> str:
             "--precision mixed_float16 needs a GPU: TensorFlow has no float16 3D max-pooling kernel on CPU; "
             "use float32 (or mixed_bfloat16, which runs on CPU but slowly)"
         )
-    if requested not in ("float32", "mixed_float16", "mixed_bfloat16"):
-        raise ConfigError(f"unknown precision {requested!r}; choose auto, float32, mixed_float16 or mixed_bfloat16")
     return requested
 
 
 def load_for_inference(folder: str | os.PathLike, cfg: InferenceConfig) -> LoadedModel:
-    """Load a model folder under the precision ``cfg.precision`` resolves to on this machine."""
+    """Load one model folder under the precision ``cfg.precision`` resolves to on this
+    machine (recorded as ``LoadedModel.precision``)."""
     policy = resolve_precision(cfg.precision)
     log.info("loading %s with precision %s", folder, policy)
     return load_model_folder(folder, dtype_policy=policy)
@@ -194,9 +197,7 @@ def predict_probabilities(loaded: LoadedModel, volume: np.ndarray, cfg: Inferenc
         volume = volume[..., None]
     if volume.ndim != 4 or min(volume.shape) < 1:
         raise InputError(f"expected a 3D (z, y, x) volume, got shape {volume.shape}")
-    if volume.shape[-1] != loaded.model_cfg.input_channels:
-        raise ModelError(f"{loaded.folder}: model expects {loaded.model_cfg.input_channels} input channel(s); "
-                         f"the image has {volume.shape[-1]}")
+    check_input_channels(loaded, volume.shape[-1], "the image")
     mc = loaded.model_cfg
     on_disk = (math.prod(-(-n // mc.multiple) * mc.multiple for n in volume.shape) * 4
                > SCRATCH_FRACTION * cfg.max_memory_gb * 2**30 and cfg.tile is None)

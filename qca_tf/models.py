@@ -70,6 +70,7 @@ def build_unet(
     weight_decay: float = 0.0,
     dtype_policy: str | None = None,
     name: str | None = None,
+    kernel_initializer: str = "he_normal",
 ) -> keras.Model:
     """Build the U-Net of ``cfg``: input (batch, z, y, x, input_channels) float32,
     output (batch, z, y, x, n_classes) float32 softmax probabilities.
@@ -78,13 +79,15 @@ def build_unet(
     leaves it dynamic. ``weight_decay`` > 0 adds an L2 penalty on every conv kernel.
     ``dtype_policy`` (e.g. "mixed_float16") is given to every layer; the softmax stays
     float32. Layer names are deterministic so weights load across precisions.
+    ``kernel_initializer``: "zeros" when the weights are loaded right after (skips drawing
+    tens of millions of random numbers: a large share of the NDN preset's load time).
     """
     if input_shape is not None:
         check_spatial_shape(input_shape, cfg.depth)
     spatial = tuple(input_shape) if input_shape is not None else (None, None, None)
     policy = dtype_policy or "float32"
     reg = keras.regularizers.L2(weight_decay) if weight_decay > 0 else None
-    common = dict(kernel_initializer="he_normal", kernel_regularizer=reg, dtype=policy)
+    common = dict(kernel_initializer=kernel_initializer, kernel_regularizer=reg, dtype=policy)
     plan = iter(_conv_plan(cfg))
 
     def conv_bn_relu(x, tag: str):

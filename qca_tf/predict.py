@@ -1,7 +1,8 @@
 """Time series in, instance labels and criteria out: the ``qca-tf predict`` job.
 
-Per time point: read -> resample to the network grid -> normalise -> NSN and NDN
-probabilities -> watershed -> labels back on the original grid -> criteria. The
+Per time point: read -> resample to the network grid and normalise as each model
+recorded (its GridRecipe; once per distinct recipe) -> NSN and NDN probabilities
+-> watershed -> labels back on the original grid -> criteria. The
 three phases run in a pipeline (a reader thread, the networks on the calling
 thread, a post-processing thread), so on a long series the networks do not wait
 for the disk or the watershed.
@@ -22,12 +23,14 @@ A time point whose ``nuclei/<name>.csv`` exists is skipped on a rerun (unless
 from __future__ import annotations
 
 import csv
+import dataclasses
 import logging
 import os
 import platform
 import queue
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,114 +38,65 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__, criteria, io, plots, postprocess, preprocess
-from .config import InferenceConfig, PostprocessConfig, from_dict, read_json, to_dict, write_json_atomic
+from .bundle import Networks, load_networks  # noqa: F401  (load_networks: the loader of a predict job)
+from .config import InferenceConfig, to_dict, write_json_atomic
 from .errors import InputError, ModelError, OutputError
-from .modelio import LoadedModel, load_model_folder
+from .preprocess import GridRecipe
 
 log = logging.getLogger(__name__)
-
-BUNDLE_FILE = "qcanet.json"
-BUNDLE_FORMAT = "qca_tf.bundle/1"
-
-
-# ------------------------------------------------------------------ networks
-
-
-@dataclass
-class Networks:
-    """NSN (required) and NDN (optional: without it, connected components of NSN)."""
-
-    nsn: LoadedModel
-    ndn: LoadedModel | None
-    postprocess: PostprocessConfig
-
-    @property
-    def spacing_um(self) -> float:
-        return self.nsn.spacing_um
-
-
-def save_bundle(folder: str | os.PathLike, postprocess_cfg: PostprocessConfig) -> None:
-    """Mark ``folder`` (holding model folders ``nsn/`` and ``ndn/``) as a QCANet bundle."""
-    folder = Path(folder)
-    for sub in ("nsn", "ndn"):
-        if not (folder / sub / "config.json").exists():
-            raise ModelError(f"{folder / sub}: not a model folder (no config.json)")
-    write_json_atomic(folder / BUNDLE_FILE, {"format": BUNDLE_FORMAT, "postprocess": to_dict(postprocess_cfg)})
-
-
-def load_networks(*, nsn: str | os.PathLike | None = None, ndn: str | os.PathLike | None = None,
-                  bundle: str | os.PathLike | None = None, precision: str = "float32",
-                  postprocess_cfg: PostprocessConfig | None = None) -> Networks:
-    """Load NSN and NDN from model folders (or SavedModel exports), or from a bundle folder.
-
-    ``postprocess_cfg`` overrides the bundle's post-processing parameters.
-    """
-    stored = PostprocessConfig()
-    if bundle is not None:
-        bundle = Path(bundle)
-        if not (bundle / BUNDLE_FILE).exists():
-            raise ModelError(f"{bundle}: not a QCANet bundle (no {BUNDLE_FILE}); give --nsn and --ndn instead")
-        meta = read_json(bundle / BUNDLE_FILE)
-        stored = from_dict(PostprocessConfig, meta.get("postprocess", {}), "postprocess")
-        nsn, ndn = nsn or bundle / "nsn", ndn or bundle / "ndn"
-    if nsn is None:
-        raise ModelError("no NSN model: give --nsn DIR or --model BUNDLE_DIR")
-    nets = Networks(nsn=load_model_folder(nsn, dtype_policy=precision),
-                    ndn=load_model_folder(ndn, dtype_policy=precision) if ndn is not None else None,
-                    postprocess=postprocess_cfg or stored)
-    if nets.ndn is not None and nets.ndn.model_cfg.input_channels != nets.nsn.model_cfg.input_channels:
-        raise ModelError(f"{ndn}: takes {nets.ndn.model_cfg.input_channels} input channel(s), the NSN "
-                         f"{nets.nsn.model_cfg.input_channels}; train both on the same channels")
-    if nets.nsn.task != "nsn":
-        raise ModelError(f"{nsn}: is a {nets.nsn.task} model, not an NSN")
-    if nets.ndn is not None:
-        if nets.ndn.task != "ndn":
-            raise ModelError(f"{ndn}: is a {nets.ndn.task} model, not an NDN")
-        if abs(nets.ndn.spacing_um - nets.nsn.spacing_um) > 1e-6:
-            raise ModelError(f"{ndn}: trained on a {nets.ndn.spacing_um} um grid, the NSN on "
-                             f"{nets.nsn.spacing_um} um; train both on the same voxel size")
-    return nets
-
 
 # ------------------------------------------------------------------ one time point
 
 
 @dataclass
 class Prepared:
-    """A time point read and brought to the network grid."""
+    """A time point read and brought to the network grid, once per distinct recipe."""
 
     tp: io.TimePoint
     raw: np.ndarray                 # (z, y, x) as stored
     voxel: io.VoxelSize
-    volume: np.ndarray              # (Z, Y, X) float32 in [0, 1] on the network grid
+    volumes: dict[GridRecipe, np.ndarray]  # (Z, Y, X) float32 in [0, 1] on the network grid, per recipe
     seconds: float
 
+    @property
+    def volume(self) -> np.ndarray:
+        """The volume of the first recipe (the NSN's)."""
+        return next(iter(self.volumes.values()))
 
-def prepare(tp: io.TimePoint, voxel_override: io.VoxelSize | None, spacing_um: float, order: int = 1) -> Prepared:
-    """Read one time point and resample + normalise it for the networks."""
+
+def prepare(tp: io.TimePoint, voxel_override: io.VoxelSize | None, recipes: Sequence[GridRecipe]) -> Prepared:
+    """Read one time point and bring it to the network grid with each of ``recipes``
+    (:attr:`Networks.recipes`: each model's recorded resample order and normalisation)."""
     t0 = time.perf_counter()
     image = tp.load()  # (z, y, x), or (z, y, x, c) for a multi-channel model
     raw = image if image.ndim == 3 else image[..., 0]  # outputs measure the first chosen channel
     voxel = io.voxel_size_of(tp.source, voxel_override)
     if raw.max() == raw.min():
         log.warning("%s: constant image (every voxel is %s): no nuclei", tp.name, raw.flat[0])
-    volume = preprocess.to_network_grid(image, voxel, spacing_um, order=order)
-    return Prepared(tp, raw, voxel, volume, time.perf_counter() - t0)
+    volumes = {recipe: recipe.apply(image, voxel) for recipe in dict.fromkeys(recipes)}
+    return Prepared(tp, raw, voxel, volumes, time.perf_counter() - t0)
 
 
-def segment(nets: Networks, volume: np.ndarray, cfg: InferenceConfig) -> tuple[np.ndarray, np.ndarray | None]:
-    """NSN and NDN foreground probabilities (Z, Y, X) float32 on the network grid.
+def segment(nets: Networks, volumes: Mapping[GridRecipe, np.ndarray] | np.ndarray,
+            cfg: InferenceConfig) -> tuple[np.ndarray, np.ndarray | None]:
+    """NSN and NDN foreground probabilities (Z, Y, X) float32 on the network grid, each
+    network fed the volume of its own recipe (``Prepared.volumes``; one array: the same
+    volume for both).
 
     A constant volume (normalised to all zeros) holds no nuclei: zero probabilities,
     without running the networks.
     """
     from .infer import predict_probabilities
 
-    if not volume.any():
-        zeros = np.zeros(volume.shape[:3], np.float32)
+    def volume_for(net) -> np.ndarray:
+        return volumes if isinstance(volumes, np.ndarray) else volumes[net.grid_recipe]
+
+    nsn_volume = volume_for(nets.nsn)
+    if not nsn_volume.any():
+        zeros = np.zeros(nsn_volume.shape[:3], np.float32)
         return zeros, (zeros if nets.ndn is not None else None)
-    nsn = predict_probabilities(nets.nsn, volume, cfg)
-    ndn = predict_probabilities(nets.ndn, volume, cfg) if nets.ndn is not None else None
+    nsn = predict_probabilities(nets.nsn, nsn_volume, cfg)
+    ndn = predict_probabilities(nets.ndn, volume_for(nets.ndn), cfg) if nets.ndn is not None else None
     return nsn, ndn
 
 
@@ -154,18 +108,15 @@ def to_labels(nets: Networks, shape: tuple[int, int, int], nsn_prob: np.ndarray,
     """
     cfg = nets.postprocess
     spacing = (nets.spacing_um,) * 3
-    nsn_mask = nsn_prob > cfg.nsn_threshold
-    if ndn_prob is None:
-        ndn_mask = np.zeros_like(nsn_mask)
-    else:
-        ndn_mask = ndn_prob > cfg.ndn_threshold
-    markers = postprocess.markers_from_ndn(ndn_mask, cfg.min_marker_size)
-    labels = postprocess.watershed_instances(nsn_mask, markers, spacing)
+    ndn_for_markers = ndn_prob if ndn_prob is not None else np.zeros_like(nsn_prob)  # no markers: components
+    labels = postprocess.instances_from_probabilities(nsn_prob, ndn_for_markers, cfg, spacing)
     labels = postprocess.relabel_consecutive(preprocess.resize_labels(labels, shape))
+    nsn_mask = nsn_prob > cfg.nsn_threshold
+    ndn_mask = None if ndn_prob is None else ndn_prob > cfg.ndn_threshold
     if labels.max() > np.iinfo(np.uint16).max:
         raise OutputError(f"{labels.max()} nuclei do not fit a uint16 label image")
     nsn_out = preprocess.resize_labels(nsn_mask.astype(np.uint8), shape) * np.uint8(255)
-    ndn_out = None if ndn_prob is None else preprocess.resize_labels(ndn_mask.astype(np.uint8), shape) * np.uint8(255)
+    ndn_out = None if ndn_mask is None else preprocess.resize_labels(ndn_mask.astype(np.uint8), shape) * np.uint8(255)
     return labels.astype(np.uint16), nsn_out, ndn_out
 
 
@@ -311,7 +262,7 @@ def predict_series(inputs: list[str | os.PathLike], out_dir: str | os.PathLike, 
 
     def produce():
         for index, tp in todo:
-            yield index, prepare(tp, opts.voxel_size, nets.spacing_um)
+            yield index, prepare(tp, opts.voxel_size, nets.recipes)
 
     bar = None
     try:
@@ -326,7 +277,7 @@ def predict_series(inputs: list[str | os.PathLike], out_dir: str | os.PathLike, 
                 bar = _progress(len(todo), opts.progress)
             totals["read"] += prep.seconds
             t0 = time.perf_counter()
-            nsn_prob, ndn_prob = segment(nets, prep.volume, infer_cfg)
+            nsn_prob, ndn_prob = segment(nets, prep.volumes, infer_cfg)
             totals["networks"] += time.perf_counter() - t0
             if pool is None:
                 _account(totals, _postprocess_and_write(nets, prep, nsn_prob, ndn_prob, out, opts, index))
@@ -402,7 +353,10 @@ def _write_run_json(out: Path, inputs, nets: Networks, infer_cfg: InferenceConfi
         "device": [d.name for d in tf.config.list_logical_devices()],
         "inputs": [str(p) for p in inputs],
         "models": {"nsn": str(nets.nsn.folder), "ndn": str(nets.ndn.folder) if nets.ndn else None,
-                   "spacing_um": nets.spacing_um},
+                   "bundle": str(nets.bundle.folder) if nets.bundle else None, "spacing_um": nets.spacing_um,
+                   "precision": nets.precision,
+                   "preprocessing": {net.task: dataclasses.asdict(net.grid_recipe)
+                                     for net in (nets.nsn, nets.ndn) if net is not None}},
         "inference": to_dict(infer_cfg),
         "postprocess": to_dict(nets.postprocess),
         "options": {"save_masks": opts.save_masks, "overwrite": opts.overwrite, "shard": list(opts.shard),

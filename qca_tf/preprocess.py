@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.ndimage as ndi
 
+from .config import DataConfig
 from .errors import ConfigError
 from .io import VoxelSize
 
@@ -123,6 +125,32 @@ def to_network_grid(raw: np.ndarray, voxel_size: VoxelSize, spacing_um: float, *
                          for c in range(raw.shape[-1])], axis=-1)
     grid = resample(np.asarray(raw, dtype=np.float32), zoom_factors(voxel_size, spacing_um), order=order)
     return normalize(grid, normalization, percentiles)
+
+
+@dataclass(frozen=True)
+class GridRecipe:
+    """What :func:`to_network_grid` needs besides the stack: the network's grid spacing
+    (um), the spline ``order`` and the normalisation. A model records it (its DataConfig)
+    and prediction replays it; equal recipes share one prepared volume."""
+
+    spacing_um: float
+    order: int = 1
+    normalization: str = "minmax"
+    percentiles: tuple[float, float] = (1.0, 99.8)
+
+    @classmethod
+    def from_data_config(cls, spacing_um: float, data_cfg: DataConfig | None) -> GridRecipe:
+        """The recipe of a model with grid ``spacing_um`` trained with ``data_cfg``; None
+        (nothing recorded) gives the reference defaults: linear resampling, min-max."""
+        if data_cfg is None:
+            return cls(float(spacing_um))
+        return cls(float(spacing_um), data_cfg.resample_order, data_cfg.normalization,
+                   tuple(float(p) for p in data_cfg.norm_percentiles))  # type: ignore[arg-type]
+
+    def apply(self, raw: np.ndarray, voxel_size: VoxelSize) -> np.ndarray:
+        """(z, y, x) stack with ``voxel_size`` -> (Z, Y, X) float32 in [0, 1] on the network grid."""
+        return to_network_grid(raw, voxel_size, self.spacing_um, order=self.order,
+                               normalization=self.normalization, percentiles=self.percentiles)
 
 
 def mirror_pad(volume: np.ndarray, pad: int | Sequence[tuple[int, int]]) -> np.ndarray:

@@ -3,7 +3,7 @@ paper's decay-on-drop learning-rate schedule, best-epoch model folder, resumable
 
 Output folder layout::
 
-    OUT/config.json, OUT/model.keras   best epoch (a model folder, see modelio)
+    OUT/config.json, OUT/weights.h5    best epoch (a weights-only model folder, see modelio)
     OUT/epochs.csv                     one row per epoch: epoch, loss, metric, lr, best
     OUT/.resume/                       Keras BackupAndRestore state while a run is unfinished
 """
@@ -25,6 +25,7 @@ from .atomic import atomic_path
 from .config import DataConfig, ModelConfig, TrainConfig, read_json
 from .data import VolumeSpec, check_volume, training_dataset, validation_dataset
 from .errors import ConfigError, InputError, OutputError
+from .infer import resolve_precision
 from .models import build_unet
 
 log = logging.getLogger(__name__)
@@ -95,12 +96,27 @@ def split_volumes(specs: list[VolumeSpec], val_fraction: float, seed: int) -> tu
 # ------------------------------------------------------------------ optimisation
 
 
-def make_optimizer(cfg: TrainConfig) -> keras.optimizers.Optimizer:
-    """SGD with momentum (lr ``sgd_lr``) or Adam (alpha, beta1, beta2, epsilon)."""
+def make_optimizer(cfg: TrainConfig, dtype_policy: str | None = None) -> keras.optimizers.Optimizer:
+    """SGD with momentum (lr ``sgd_lr``) or Adam (alpha, beta1, beta2, epsilon). Under the
+    ``mixed_float16`` policy it is wrapped in a LossScaleOptimizer: Keras only adds loss
+    scaling itself when the model carries the policy, and build_unet sets it per layer."""
     if cfg.optimizer == "sgd":
-        return keras.optimizers.SGD(learning_rate=cfg.sgd_lr, momentum=cfg.sgd_momentum)
-    return keras.optimizers.Adam(learning_rate=cfg.adam_alpha, beta_1=cfg.adam_beta1,
-                                 beta_2=cfg.adam_beta2, epsilon=cfg.adam_epsilon)
+        opt = keras.optimizers.SGD(learning_rate=cfg.sgd_lr, momentum=cfg.sgd_momentum)
+    else:
+        opt = keras.optimizers.Adam(learning_rate=cfg.adam_alpha, beta_1=cfg.adam_beta1,
+                                    beta_2=cfg.adam_beta2, epsilon=cfg.adam_epsilon)
+    if dtype_policy == "mixed_float16":
+        opt = keras.optimizers.LossScaleOptimizer(opt)
+    return opt
+
+
+def build_compiled(model_cfg: ModelConfig, train_cfg: TrainConfig, dtype_policy: str) -> keras.Model:
+    """The network of ``model_cfg`` under the (resolved) ``dtype_policy``, compiled with the
+    optimiser and loss of ``train_cfg`` (call inside the distribution strategy's scope)."""
+    model = build_unet(model_cfg, weight_decay=train_cfg.weight_decay, dtype_policy=dtype_policy)
+    model.compile(optimizer=make_optimizer(train_cfg, dtype_policy),
+                  loss=losses.get_loss(train_cfg.loss, train_cfg.class_weights))
+    return model
 
 
 def validation_score(model: keras.Model, val_ds: tf.data.Dataset, task: str, spacing_um: float) -> float:
@@ -138,7 +154,10 @@ def _write_rows(path: Path, rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
-def _read_rows(path: Path) -> list[dict]:
+def read_epochs(path: str | os.PathLike) -> list[dict[str, str]]:
+    """The rows of a training folder's ``epochs.csv`` (keys EPOCH_FIELDS, values as
+    written: strings); [] when there is none. The one reader of that file."""
+    path = Path(path)
     if not path.exists():
         return []
     with open(path, newline="") as fh:
@@ -212,6 +231,8 @@ def train(data_root: str | os.PathLike, out_dir: str | os.PathLike, model_cfg: M
     An interrupted run resumes from its last finished epoch when called again with the
     same ``out_dir``.
     """
+    policy = resolve_precision(train_cfg.precision)  # before any work: mixed_float16 needs a GPU
+    log.info("training with precision %s", policy)
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -229,7 +250,7 @@ def train(data_root: str | os.PathLike, out_dir: str | os.PathLike, model_cfg: M
              len(train_specs), len(val_specs), spacing_um)
 
     resume_dir = out / ".resume"
-    rows = _read_rows(out / "epochs.csv") if resume_dir.exists() else []
+    rows = read_epochs(out / "epochs.csv") if resume_dir.exists() else []
     meta = resume_dir / "training_metadata.json"
     done_epochs = int(read_json(meta).get("epoch", 0)) if meta.exists() else 0
     rows = rows[:done_epochs]  # the CSV row is written just before the backup: drop an unbacked one
@@ -245,9 +266,7 @@ def train(data_root: str | os.PathLike, out_dir: str | os.PathLike, model_cfg: M
     val_ds = validation_dataset(val_specs, data_cfg, multiple=model_cfg.multiple, ndn_diameter_um=diameter_um)
 
     with _strategy(distribute).scope():
-        model = build_unet(model_cfg, weight_decay=train_cfg.weight_decay)
-        model.compile(optimizer=make_optimizer(train_cfg),
-                      loss=losses.get_loss(train_cfg.loss, train_cfg.class_weights))
+        model = build_compiled(model_cfg, train_cfg, policy)
     callback = EpochCallback(out=out, val_ds=val_ds, model_cfg=model_cfg, train_cfg=train_cfg,
                              data_cfg=data_cfg, spacing_um=spacing_um, rows=rows)
     backup = keras.callbacks.BackupAndRestore(str(resume_dir), save_freq="epoch", delete_checkpoint=True)

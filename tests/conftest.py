@@ -46,7 +46,7 @@ def trained_bundle(synth_dataset, tmp_path_factory):
     import shutil
 
     from qca_tf.config import DataConfig, ModelConfig, PostprocessConfig
-    from qca_tf.predict import save_bundle
+    from qca_tf.bundle import save_bundle
     from qca_tf.train import train
 
     root, _ = synth_dataset

@@ -27,7 +27,8 @@ def test_train_cli_one_epoch_and_summary(synth_dataset, tmp_path):
                  "--depth", 1, "--init-channels", 2, "--crops-per-volume", 1, "--optimizer", "adam")
     assert res.exit_code == 0, res.output
     assert "best val_iou" in res.output
-    assert (tmp_path / "m" / "model.keras").exists() and (tmp_path / "m" / "config.json").exists()
+    assert (tmp_path / "m" / "weights.h5").exists() and (tmp_path / "m" / "config.json").exists()
+    assert not (tmp_path / "m" / "model.keras").exists()  # weights only: the resume state lives in .resume/
 
 
 def test_train_reference_layout_accepted(synth_dataset, tmp_path):

@@ -14,7 +14,7 @@ def test_demo_short_budget(tmp_path):
                              catch_exceptions=False)
     assert res.exit_code == 0, res.output
     assert "IoU" in res.output and "detection F" in res.output
-    for path in ("model/qcanet.json", "model/nsn/model.keras", "model/ndn/model.keras", "prediction/criteria.csv",
+    for path in ("model/qcanet.json", "model/nsn/weights.h5", "model/ndn/weights.h5", "prediction/criteria.csv",
                  "prediction/nuclei.csv", "prediction/plots/timeseries.png", "prediction/labels/t0001.tif",
                  "data/test/labels/t0001.tif", "evaluation.json"):
         assert (out / path).exists(), path

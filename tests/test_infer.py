@@ -109,6 +109,8 @@ def test_resolve_precision_cpu():
     assert infer.resolve_precision("mixed_bfloat16") == "mixed_bfloat16"
     with pytest.raises(ConfigError, match="mixed_float16 needs a GPU"):
         infer.resolve_precision("mixed_float16")
+    with pytest.raises(ConfigError, match="unknown precision 'float64'; choose one of auto, float32"):
+        infer.resolve_precision("float64")
 
 
 def test_mixed_bfloat16_close_to_float32(tmp_path):
@@ -118,7 +120,7 @@ def test_mixed_bfloat16_close_to_float32(tmp_path):
     vol = _volume((12, 16, 14), seed=6)
     f32 = infer.predict_probabilities(load_model_folder(tmp_path / "m"), vol, InferenceConfig())
     bf = infer.load_for_inference(tmp_path / "m", InferenceConfig(precision="mixed_bfloat16"))
-    assert bf.model.get_layer("enc0a_conv").compute_dtype == "bfloat16"
+    assert bf.model.get_layer("enc0a_conv").compute_dtype == "bfloat16" and bf.precision == "mixed_bfloat16"
     b16 = infer.predict_probabilities(bf, vol, InferenceConfig())
     assert b16.dtype == np.float32
     np.testing.assert_allclose(b16, f32, atol=2e-2)

@@ -23,7 +23,12 @@ def test_tiny_nsn_learns_synthetic_embryo(trained_bundle):
     info = json.loads((bundle / "nsn" / "config.json").read_text())
     assert info["task"] == "nsn" and info["spacing_um"] == pytest.approx(0.8)
     assert loaded.model_cfg.init_channels == 4
-    rows = list(csv.DictReader(open(bundle / "nsn" / "epochs.csv")))
+    rows = train_mod.read_epochs(bundle / "nsn" / "epochs.csv")
+    assert rows == list(csv.DictReader(open(bundle / "nsn" / "epochs.csv")))
+    # the best epoch is a weights-only folder that records what prediction replays
+    assert {"config.json", "weights.h5", "epochs.csv"} <= {p.name for p in (bundle / "nsn").iterdir()}
+    assert not (bundle / "nsn" / "model.keras").exists()
+    assert loaded.data_cfg == DATA and loaded.grid_recipe.order == DATA.resample_order
     assert [int(r["epoch"]) for r in rows] == list(range(1, 9))
     assert max(float(r["metric"]) for r in rows) == pytest.approx(res.best_metric, abs=1e-6)
     assert info["metrics"]["best_epoch"] == res.best_epoch
@@ -81,3 +86,38 @@ def test_interrupted_training_resumes(synth_dataset, tmp_path, monkeypatch):
     assert calls == [0, 1, 1, 2]  # the second run started at the interrupted epoch
     assert [int(r["epoch"]) for r in res.history] == [1, 2, 3]
     assert not (tmp_path / "m" / ".resume").exists()
+
+
+def test_read_epochs_of_a_folder_without_training():
+    assert train_mod.read_epochs("/nonexistent/epochs.csv") == []
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_mixed_float16_wraps_the_optimizer_for_loss_scaling(optimizer):
+    """The builder sets the policy per layer, so Keras would not add loss scaling itself:
+    the training build wraps the optimiser explicitly (build and compile only: CPU has no
+    float16 3D max-pooling kernel to run a step)."""
+    import keras
+
+    cfg = TrainConfig(task="nsn", optimizer=optimizer)
+    mixed = train_mod.build_compiled(ModelConfig(name="nsn", depth=1, init_channels=2), cfg, "mixed_float16")
+    assert isinstance(mixed.optimizer, keras.optimizers.LossScaleOptimizer)
+    inner = keras.optimizers.SGD if optimizer == "sgd" else keras.optimizers.Adam
+    assert isinstance(mixed.optimizer.inner_optimizer, inner)
+    assert mixed.get_layer("enc0a_conv").compute_dtype == "float16"
+    assert mixed.get_layer("enc0a_conv").kernel.dtype == "float32"  # variables stay float32
+    mixed.optimizer.learning_rate.assign(0.125)  # what the decay-on-drop callback does
+    assert float(mixed.optimizer.inner_optimizer.learning_rate.numpy()) == 0.125
+    plain = train_mod.build_compiled(ModelConfig(name="nsn", depth=1, init_channels=2), cfg, "float32")
+    assert not isinstance(plain.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert plain.get_layer("enc0a_conv").compute_dtype == "float32"
+
+
+def test_training_precision_comes_from_the_config(synth_dataset, tmp_path):
+    from qca_tf.errors import ConfigError
+
+    root, _ = synth_dataset
+    cfg = TrainConfig(task="nsn", epochs=1, crops_per_volume=1, precision="mixed_float16")
+    with pytest.raises(ConfigError, match="mixed_float16 needs a GPU"):
+        train_mod.train(root, tmp_path / "m", ModelConfig(name="nsn", depth=1, init_channels=2), cfg, DATA, verbose=0)
+    assert not (tmp_path / "m").exists()  # refused before any work
