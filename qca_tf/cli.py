@@ -115,19 +115,34 @@ def synth(out: Path, timepoints: int, seed: int, shape, nuclei: int, touching_pa
 @click.option("--lr", type=float, default=None, help="SGD learning rate [0.01].")
 @click.option("--momentum", type=float, default=None, help="SGD momentum [0.9].")
 @click.option("--lr-decay", type=float, default=None, help="Factor applied to the learning rate when the validation metric drops [0.5].")
+@click.option("--lr-patience", type=click.IntRange(1), default=None,
+              help="Epochs without a new best validation metric before the learning rate decays [3].")
 @click.option("--adam-alpha", type=float, default=None, help="Adam step size [1e-3].")
 @click.option("--adam-beta1", type=float, default=None, help="Adam beta1 [0.9].")
 @click.option("--adam-beta2", type=float, default=None, help="Adam beta2 [0.999].")
 @click.option("--adam-epsilon", type=float, default=None, help="Adam epsilon [1e-8].")
 @click.option("--weight-decay", type=float, default=None, help="L2 weight decay [1e-5].")
-@click.option("--loss", type=click.Choice(["ce", "dice", "ce+dice"]), default=None, help="Loss [ce].")
+@click.option("--loss", type=click.Choice(["ce", "dice", "ce+dice"]), default=None,
+              help="Loss [nsn, unet3d: ce; ndn: ce+dice].")
 @click.option("--batch-size", type=click.IntRange(1), default=None, help="Crops per batch [1].")
 @click.option("--crops-per-volume", type=click.IntRange(1), default=None, help="Crops per training volume per epoch [4].")
-@click.option("--val-fraction", type=float, default=None, help="Fraction of volumes held out for validation [0.2].")
+@click.option("--min-crops-per-epoch", type=click.IntRange(1), default=None,
+              help="At least this many crops per epoch, however few the volumes [16].")
+@click.option("--val-fraction", type=float, default=None,
+              help="Fraction of volumes held out for validation; with one volume, of its x extent [0.2].")
+@click.option("--val-data", type=click.Path(path_type=Path), default=None,
+              help="Dataset folder to validate on (then all of --data trains).")
+@click.option("--normalization", type=click.Choice(["percentile", "minmax"]), default=None,
+              help="Intensity normalisation, replayed at prediction [percentile].")
+@click.option("--scale-jitter", type=float, default=None, help="Random crop scaling by 1 +- this [0.15]; 0: off.")
+@click.option("--no-rot90", is_flag=True, help="No random 90-degree rotations in xy.")
+@click.option("--no-intensity-augment", is_flag=True,
+              help="No random gamma, contrast, brightness, z-attenuation and noise.")
 @_voxel_option
 @click.option("--seed", type=int, default=None, help="Random seed [0].")
 @click.option("--distribute", is_flag=True, help="Use all GPUs (tf.distribute.MirroredStrategy).")
-def train(network: str, data_dir: Path, out_dir: Path, patch, kernel_size, voxel_size, distribute: bool, **opts) -> None:
+def train(network: str, data_dir: Path, out_dir: Path, patch, kernel_size, voxel_size, distribute: bool,
+          val_data, normalization, scale_jitter, no_rot90: bool, no_intensity_augment: bool, **opts) -> None:
     """Train NETWORK (nsn, ndn or the 3D U-Net baseline unet3d) on a dataset.
 
     The best epoch by the validation metric (nsn, unet3d: IoU; ndn: detection
@@ -151,12 +166,16 @@ def train(network: str, data_dir: Path, out_dir: Path, patch, kernel_size, voxel
         data_kw["voxel_size"] = tuple(voxel_size)
     if opts.get("val_fraction") is not None:
         data_kw["val_fraction"] = opts["val_fraction"]
-    data_cfg = DataConfig(**data_kw)
+    if normalization:
+        data_kw["normalization"] = normalization
+    if scale_jitter is not None:
+        data_kw["scale_jitter"] = scale_jitter
+    data_cfg = DataConfig(**data_kw, rot90=not no_rot90, intensity_augment=not no_intensity_augment)
 
     _tensorflow()
     from qca_tf.train import train as run_training
 
-    result = run_training(data_dir, out_dir, model_cfg, train_cfg, data_cfg, distribute=distribute)
+    result = run_training(data_dir, out_dir, model_cfg, train_cfg, data_cfg, distribute=distribute, val_data=val_data)
     click.echo(f"best {result.metric_name} {result.best_metric:.4f} at epoch {result.best_epoch}; "
                f"model folder: {result.folder}")
 
