@@ -60,6 +60,17 @@ class Networks:
     def spacing_um(self) -> float:
         return self.nsn.spacing_um
 
+    @property
+    def normalization(self) -> tuple[str, tuple[float, float]]:
+        """(method, percentiles) the NSN was trained with; folders older than the
+        ``normalization`` key were min-max."""
+        return _normalization_of(self.nsn)
+
+
+def _normalization_of(net: LoadedModel) -> tuple[str, tuple[float, float]]:
+    data = net.info.get("data") or {}
+    return data.get("normalization", "minmax"), tuple(data.get("norm_percentiles", (1.0, 99.8)))
+
 
 def save_bundle(folder: str | os.PathLike, postprocess_cfg: PostprocessConfig) -> None:
     """Mark ``folder`` (holding model folders ``nsn/`` and ``ndn/``) as a QCANet bundle."""
@@ -99,6 +110,9 @@ def load_networks(*, nsn: str | os.PathLike | None = None, ndn: str | os.PathLik
     if nets.ndn is not None:
         if nets.ndn.task != "ndn":
             raise ModelError(f"{ndn}: is a {nets.ndn.task} model, not an NDN")
+        if _normalization_of(nets.ndn) != _normalization_of(nets.nsn):
+            raise ModelError(f"{ndn}: trained with normalization {_normalization_of(nets.ndn)}, the NSN with "
+                             f"{_normalization_of(nets.nsn)}; train both with the same one")
         if abs(nets.ndn.spacing_um - nets.nsn.spacing_um) > 1e-6:
             raise ModelError(f"{ndn}: trained on a {nets.ndn.spacing_um} um grid, the NSN on "
                              f"{nets.nsn.spacing_um} um; train both on the same voxel size")
@@ -119,14 +133,17 @@ class Prepared:
     seconds: float
 
 
-def prepare(tp: io.TimePoint, voxel_override: io.VoxelSize | None, spacing_um: float, order: int = 1) -> Prepared:
-    """Read one time point and resample + normalise it for the networks."""
+def prepare(tp: io.TimePoint, voxel_override: io.VoxelSize | None, spacing_um: float, order: int = 1,
+            normalization: tuple[str, tuple[float, float]] = ("minmax", (1.0, 99.8))) -> Prepared:
+    """Read one time point and resample + normalise it (``normalization``: the method and
+    percentiles the networks were trained with) for the networks."""
     t0 = time.perf_counter()
     raw = tp.load()
     voxel = io.voxel_size_of(tp.source, voxel_override)
     if raw.max() == raw.min():
         log.warning("%s: constant image (every voxel is %s): no nuclei", tp.name, raw.flat[0])
-    volume = preprocess.to_network_grid(raw, voxel, spacing_um, order=order)
+    volume = preprocess.to_network_grid(raw, voxel, spacing_um, order=order, normalization=normalization[0],
+                                        percentiles=normalization[1])
     return Prepared(tp, raw, voxel, volume, time.perf_counter() - t0)
 
 
@@ -294,7 +311,7 @@ def predict_series(inputs: list[str | os.PathLike], out_dir: str | os.PathLike, 
 
     def produce():
         for index, tp in todo:
-            yield index, prepare(tp, opts.voxel_size, nets.spacing_um)
+            yield index, prepare(tp, opts.voxel_size, nets.spacing_um, normalization=nets.normalization)
 
     bar = None
     try:

@@ -242,3 +242,15 @@ def test_unwritable_output(tmp_path, trained_bundle, synth_dataset):
     root, _ = synth_dataset
     (tmp_path / "file").write_text("not a folder")
     one_line_error(invoke("predict", root / "images", "--model", bundle, "--out", tmp_path / "file" / "out"), "file")
+
+
+def test_prediction_replays_the_training_normalization():
+    from types import SimpleNamespace
+
+    from qca_tf.predict import _normalization_of
+
+    new = SimpleNamespace(info={"data": {"normalization": "percentile", "norm_percentiles": [2.0, 99.0]}})
+    old = SimpleNamespace(info={"data": {"patch": [96, 96, 96]}})  # written before the key existed
+    assert _normalization_of(new) == ("percentile", (2.0, 99.0))
+    assert _normalization_of(old)[0] == "minmax"
+    assert _normalization_of(SimpleNamespace(info={}))[0] == "minmax"
