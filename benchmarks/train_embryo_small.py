@@ -116,6 +116,11 @@ def main(argv: list[str] | None = None) -> int:
         if dest.exists():
             shutil.rmtree(dest)
         shutil.copytree(bundle, dest, ignore=shutil.ignore_patterns(".resume", "epochs.csv"))
+        from qca_tf.modelio import KERAS_NAME, load_model_folder
+
+        for net in ("nsn", "ndn"):  # weights only: drop the optimizer state (3x smaller)
+            model = load_model_folder(dest / net).model
+            model.save(dest / net / KERAS_NAME)
         print(f"shipped {dest}")
     return 0
 
