@@ -35,7 +35,7 @@ ARCH = ["--depth", "3", "--init-channels", "8", "--kernel-size", "3", "--patch",
 OPT = ["--optimizer", "adam", "--adam-alpha", "0.002", "--epochs", "10", "--crops-per-volume", "4", "--seed", "0"]
 NSN_EXTRA = ["--loss", "ce+dice"]
 #: Post-processing candidates, scored on the validation folder (never on the test).
-NSN_THRESHOLDS = ("0.3", "0.4", "0.5")
+NSN_THRESHOLDS = ("0.1", "0.2", "0.3", "0.4", "0.5")
 MIN_MARKER_SIZES = ("0", "8")
 
 
