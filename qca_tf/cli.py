@@ -13,8 +13,8 @@ from pathlib import Path
 import click
 
 from qca_tf import __version__
-from qca_tf.config import (LOSSES, MATCH_DISTANCE_UM, OPTIMIZERS, PRECISIONS, PRESETS, DataConfig, InferenceConfig,
-                            PostprocessConfig, TrainConfig)
+from qca_tf.config import (DEFAULT_LOSS, LOSSES, MATCH_DISTANCE_UM, NORMALIZATIONS, OPTIMIZERS, PRECISIONS, PRESETS,
+                            DataConfig, InferenceConfig, PostprocessConfig, TrainConfig)
 from qca_tf.errors import QcaError
 
 log = logging.getLogger("qca_tf")
@@ -128,16 +128,32 @@ def synth(out: Path, timepoints: int, seed: int, shape, nuclei: int, touching_pa
               help="Optimizer [nsn, unet3d: sgd; ndn: adam].")
 @click.option("--lr", type=float, default=None, help=f"SGD learning rate [{_T.sgd_lr}].")
 @click.option("--momentum", type=float, default=None, help=f"SGD momentum [{_T.sgd_momentum}].")
-@click.option("--lr-decay", type=float, default=None, help=f"Factor applied to the learning rate when the validation metric drops [{_T.lr_decay}].")
+@click.option("--lr-decay", type=float, default=None,
+              help=f"Factor applied to the learning rate when the validation metric stops improving [{_T.lr_decay}].")
+@click.option("--lr-patience", type=click.IntRange(1), default=None,
+              help=f"Epochs without a new best validation metric before the learning rate decays [{_T.lr_patience}].")
 @click.option("--adam-alpha", type=float, default=None, help=f"Adam step size [{_T.adam_alpha}].")
 @click.option("--adam-beta1", type=float, default=None, help=f"Adam beta1 [{_T.adam_beta1}].")
 @click.option("--adam-beta2", type=float, default=None, help=f"Adam beta2 [{_T.adam_beta2}].")
 @click.option("--adam-epsilon", type=float, default=None, help=f"Adam epsilon [{_T.adam_epsilon}].")
 @click.option("--weight-decay", type=float, default=None, help=f"L2 weight decay [{_T.weight_decay}].")
-@click.option("--loss", type=click.Choice(LOSSES), default=None, help=f"Loss [{_T.loss}].")
+@click.option("--loss", type=click.Choice(LOSSES), default=None,
+              help="Loss [auto: " + ", ".join(f"{k}: {v}" for k, v in DEFAULT_LOSS.items()) + "].")
 @click.option("--batch-size", type=click.IntRange(1), default=None, help=f"Crops per batch [{_T.batch_size}].")
 @click.option("--crops-per-volume", type=click.IntRange(1), default=None, help=f"Crops per training volume per epoch [{_T.crops_per_volume}].")
-@click.option("--val-fraction", type=float, default=None, help=f"Fraction of volumes held out for validation [{_D.val_fraction}].")
+@click.option("--min-crops-per-epoch", type=click.IntRange(1), default=None,
+              help=f"At least this many crops per epoch, however few the volumes [{_T.min_crops_per_epoch}].")
+@click.option("--val-fraction", type=float, default=None,
+              help=f"Fraction of volumes held out for validation; with one volume, of its x extent [{_D.val_fraction}].")
+@click.option("--val-data", type=click.Path(path_type=Path), default=None,
+              help="Dataset folder to validate on (then all of --data trains).")
+@click.option("--normalization", type=click.Choice(NORMALIZATIONS), default=None,
+              help=f"Intensity normalisation, replayed at prediction [{_D.normalization}].")
+@click.option("--scale-jitter", type=float, default=None,
+              help=f"Random crop scaling by 1 +- this [{_D.scale_jitter}]; 0: off.")
+@click.option("--no-rot90", is_flag=True, help="No random 90-degree rotations in xy.")
+@click.option("--no-intensity-augment", is_flag=True,
+              help="No random gamma, contrast, brightness, z-attenuation and noise.")
 @_voxel_option
 @_channel_option
 @click.option("--seed", type=int, default=None, help=f"Random seed [{_T.seed}].")
@@ -145,7 +161,7 @@ def synth(out: Path, timepoints: int, seed: int, shape, nuclei: int, touching_pa
               help="auto: mixed_float16 with loss scaling on a GPU, float32 on a CPU [auto].")
 @click.option("--distribute", is_flag=True, help="Use all GPUs (tf.distribute.MirroredStrategy).")
 def train(network: str, data_dir: Path, out_dir: Path, patch, kernel_size, voxel_size, channels, distribute: bool,
-          **opts) -> None:
+          val_data, normalization, scale_jitter, no_rot90: bool, no_intensity_augment: bool, **opts) -> None:
     """Train NETWORK (nsn, ndn or the 3D U-Net baseline unet3d) on a dataset.
 
     The best epoch by the validation metric (nsn, unet3d: IoU; ndn: detection
@@ -172,12 +188,16 @@ def train(network: str, data_dir: Path, out_dir: Path, patch, kernel_size, voxel
         data_kw["val_fraction"] = opts["val_fraction"]
     if channels:
         data_kw["channels"] = tuple(channels)
-    data_cfg = DataConfig(**data_kw)
+    if normalization:
+        data_kw["normalization"] = normalization
+    if scale_jitter is not None:
+        data_kw["scale_jitter"] = scale_jitter
+    data_cfg = DataConfig(**data_kw, rot90=not no_rot90, intensity_augment=not no_intensity_augment)
 
     _tensorflow()
     from qca_tf.train import train as run_training
 
-    result = run_training(data_dir, out_dir, model_cfg, train_cfg, data_cfg, distribute=distribute)
+    result = run_training(data_dir, out_dir, model_cfg, train_cfg, data_cfg, distribute=distribute, val_data=val_data)
     click.echo(f"best {result.metric_name} {result.best_metric:.4f} at epoch {result.best_epoch}; "
                f"model folder: {result.folder}")
 

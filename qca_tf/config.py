@@ -22,6 +22,9 @@ T = TypeVar("T")
 TASKS = ("nsn", "ndn")
 OPTIMIZERS = ("sgd", "adam")
 LOSSES = ("ce", "dice", "ce+dice")
+#: Default loss per task (TrainConfig.loss "auto"): the NDN centre class is ~0.04% of the
+#: voxels; plain cross-entropy never lifts it above 0.5 (DESIGN section 10).
+DEFAULT_LOSS = {"nsn": "ce", "ndn": "ce+dice"}
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 NORMALIZATIONS = ("minmax", "percentile")
 #: Distance (um) within which a predicted nucleus centre matches a true one: the one value of
@@ -88,8 +91,12 @@ def preset(name: str, **overrides: Any) -> ModelConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation. ``task`` decides the target (nsn mask or ndn centre mask) and the
-    validation metric (nsn: IoU, ndn: detection F-measure). ``precision``: the Keras
-    dtype policy (auto: mixed_float16 with loss scaling on a GPU, float32 on a CPU)."""
+    validation metric (nsn: IoU, ndn: detection F-measure). The learning rate is
+    multiplied by ``lr_decay`` when the validation metric has not improved on its best
+    for ``lr_patience`` epochs (noise-tolerant decay on drop). ``loss`` "auto" is
+    ``DEFAULT_LOSS[task]`` (ce for nsn, ce+dice for ndn).
+    ``precision``: the Keras dtype policy (auto: mixed_float16 with loss scaling on a GPU,
+    float32 on a CPU)."""
 
     task: str = "nsn"
     optimizer: str = "sgd"
@@ -104,7 +111,9 @@ class TrainConfig:
     epochs: int = 50
     batch_size: int = 1
     crops_per_volume: int = 4
-    loss: str = "ce"
+    min_crops_per_epoch: int = 16
+    lr_patience: int = 3
+    loss: str = "auto"
     class_weights: tuple[float, float] | None = None
     seed: int = 0
     precision: str = "auto"
@@ -113,7 +122,7 @@ class TrainConfig:
         s = "train"
         _check(self.task in TASKS, s, "task", f"{self.task!r} is not one of {', '.join(TASKS)}")
         _check(self.optimizer in OPTIMIZERS, s, "optimizer", f"{self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
-        _check(self.loss in LOSSES, s, "loss", f"{self.loss!r} is not one of {', '.join(LOSSES)}")
+        _check(self.loss in LOSSES + ("auto",), s, "loss", f"{self.loss!r} is not one of auto, {', '.join(LOSSES)}")
         for key in ("sgd_lr", "adam_alpha", "adam_epsilon"):
             _check(float(getattr(self, key)) > 0, s, key, "must be > 0")
         _check(0 < self.lr_decay <= 1, s, "lr_decay", f"{self.lr_decay!r} is not in (0, 1]")
@@ -121,7 +130,7 @@ class TrainConfig:
         for key in ("adam_beta1", "adam_beta2"):
             _check(0 <= float(getattr(self, key)) < 1, s, key, "must be in [0, 1)")
         _check(self.weight_decay >= 0, s, "weight_decay", "must be >= 0")
-        for key in ("epochs", "batch_size", "crops_per_volume"):
+        for key in ("epochs", "batch_size", "crops_per_volume", "min_crops_per_epoch", "lr_patience"):
             v = getattr(self, key)
             _check(isinstance(v, int) and v >= 1, s, key, f"{v!r} is not a positive integer")
         _check(self.precision in PRECISIONS, s, "precision",
@@ -129,6 +138,17 @@ class TrainConfig:
         if self.class_weights is not None:
             _check(len(self.class_weights) == 2 and all(w > 0 for w in self.class_weights), s, "class_weights",
                    "must be two positive numbers")
+
+    @property
+    def resolved_loss(self) -> str:
+        """The loss to train with: ``loss``, or the task's default when it is "auto"."""
+        return DEFAULT_LOSS[self.task] if self.loss == "auto" else self.loss
+
+    def steps_per_epoch(self, n_volumes: int) -> int:
+        """Steps of one epoch: ``crops_per_volume`` crops per training volume, but at least
+        ``min_crops_per_epoch`` crops (one small dataset must not make 4-step epochs)."""
+        crops = max(n_volumes * self.crops_per_volume, self.min_crops_per_epoch)
+        return max(1, crops // self.batch_size)
 
     @property
     def metric_name(self) -> str:
@@ -145,7 +165,10 @@ class DataConfig:
     ([p_low, p_high] of ``norm_percentiles`` -> [0, 1], clipped): what training used
     and prediction replays (see :func:`qca_tf.preprocess.to_network_grid`).
     ``channels``: the file channels (counted from 0) fed to the network, in order, for
-    multi-channel files (None: one-channel files); as many as the model's input channels."""
+    multi-channel files (None: one-channel files); as many as the model's input channels.
+    Training augmentations (see :mod:`qca_tf.data`): ``flips`` (x, y), ``rot90`` (90-degree
+    turns in xy), ``scale_jitter`` (crops scaled by a factor in [1 - j, 1 + j]; 0 = off),
+    ``intensity_augment`` (gamma, contrast, brightness, z-attenuation, noise)."""
 
     voxel_size: tuple[float, float, float] | None = None
     resample_order: int = 1
@@ -153,9 +176,12 @@ class DataConfig:
     flips: bool = True
     ndn_diameter: float = 5.0
     val_fraction: float = 0.2
-    normalization: str = "minmax"
+    normalization: str = "percentile"
     norm_percentiles: tuple[float, float] = (1.0, 99.8)
     channels: tuple[int, ...] | None = None
+    rot90: bool = True
+    scale_jitter: float = 0.15
+    intensity_augment: bool = True
 
     def __post_init__(self) -> None:
         s = "data"
@@ -175,6 +201,7 @@ class DataConfig:
                f"{self.normalization!r} is not one of {', '.join(NORMALIZATIONS)}")
         _check(len(self.norm_percentiles) == 2 and 0 <= self.norm_percentiles[0] < self.norm_percentiles[1] <= 100,
                s, "norm_percentiles", f"{self.norm_percentiles!r} is not two percentiles 0 <= low < high <= 100")
+        _check(0 <= self.scale_jitter < 0.5, s, "scale_jitter", f"{self.scale_jitter!r} is not in [0, 0.5)")
 
 
 @dataclass(frozen=True)

@@ -3,16 +3,23 @@
 Each piece of work is a stage of the pipeline, so tf.data runs it in parallel with
 the network:
 
-``paths -> load -> resample to the network grid -> normalise -> mirror pad -> cache
--> repeat -> random foreground crop -> random flip (x, y, x+y) -> batch -> prefetch``
+``paths -> load (+ spatial region) -> resample to the network grid -> normalise -> mirror pad
+-> cache -> repeat -> random foreground crop -> mild scaling -> random flip (x, y, x+y)
+-> 90-degree rotation in xy -> intensity (gamma, contrast, brightness, z-attenuation,
+noise) -> batch -> prefetch``
 
 Images travel as (z, y, x, c): c is 1, or the number of ``DataConfig.channels``
 picked from multi-channel files (each resampled and normalised on its own).
 
 Per-volume stages (load, resample, normalise, pad) run once: their results are
-cached. Crops and flips draw from stateless random numbers seeded by
+cached. Crops and every augmentation draw from stateless random numbers seeded by
 ``(seed, element index)``, so the stream is identical from run to run, whatever
 the parallelism. Targets are (z, y, x); image batches are (batch, z, y, x, c).
+
+Augmentations are what real stacks vary in: later stages are dimmer and bleached,
+intensity falls with depth (z), contrast and noise differ from stack to stack, and
+nuclei shrink as the embryo divides. z is never flipped or rotated (it is the optical
+axis: intensity and resolution fall along it).
 """
 from __future__ import annotations
 
@@ -45,6 +52,13 @@ class VolumeSpec:
     target_from_labels: bool
     factors: tuple[float, float, float]
     voxel_size: io.VoxelSize
+    region: tuple[tuple[int, int], tuple[int, int], tuple[int, int]] | None = None
+
+    def with_region(self, region: tuple[tuple[int, int], tuple[int, int], tuple[int, int]],
+                    suffix: str) -> VolumeSpec:
+        """The same volume restricted to ``region`` ((start, stop) per z, y, x, stored voxels)."""
+        return VolumeSpec(f"{self.name}{suffix}", self.image, self.target, self.target_from_labels,
+                          self.factors, self.voxel_size, region)
 
 
 def check_volume(image_path: Path, target_path: Path, channels: tuple[int, ...] | None = None) -> None:
@@ -74,6 +88,9 @@ def _load_resampled(spec_index: np.ndarray, specs: list[VolumeSpec], order: int,
     raw = io.read_stack(spec.target)
     if spec.target_from_labels:
         raw = targets.ndn_target(raw, spec.voxel_size.zyx, ndn_diameter_um)
+    if spec.region is not None:
+        box = tuple(slice(a, b) for a, b in spec.region)
+        image, raw = image[box], raw[box]
     image = np.stack([preprocess.resample(image[..., c], spec.factors, order=order)
                       for c in range(image.shape[-1])], axis=-1)
     target = preprocess.resize_labels((raw > 0).astype(np.uint8), image.shape[:3])
@@ -123,11 +140,108 @@ def _volume_stages(specs: list[VolumeSpec], cfg: DataConfig, ndn_diameter_um: fl
     return ds.map(lambda im, t: (_normalize(im, cfg), t), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
+def _seed(s: tf.Tensor, k: int) -> tf.Tensor:
+    return s + tf.constant([0, k], tf.int64)
+
+
+def augment_scale(image: tf.Tensor, target: tf.Tensor, patch: tf.Tensor, s: tf.Tensor,
+                  jitter: float) -> tuple[tf.Tensor, tf.Tensor]:
+    """Mild isotropic scaling: from an (E, E, E) crop, E = ceil(patch * (1 + jitter)), take
+    the centred box of patch * f (f uniform in [1 - jitter, 1 + jitter]) and resize it to
+    ``patch`` (image trilinear, target nearest). f > 1 shrinks the nuclei, f < 1 enlarges them."""
+    f = tf.random.stateless_uniform([], seed=_seed(s, 3), minval=1.0 - jitter, maxval=1.0 + jitter)
+    size = tf.cast(tf.round(tf.cast(patch, tf.float32) * f), tf.int32)
+    size = tf.clip_by_value(size, 2, tf.shape(target))
+    start = (tf.shape(target) - size) // 2
+    channels = image.shape.rank == 4
+    image = tf.slice(image, tf.concat([start, [0]], 0), tf.concat([size, [-1]], 0)) if channels else \
+        tf.slice(image, start, size)
+    target = tf.slice(target, start, size)
+
+    def resize(v, method):
+        # (z, y, x, c) -> resize y, x with z as batch -> resize z, x with y as batch
+        v = tf.image.resize(v, patch[1:], method=method)                      # (z', py, px, c)
+        v = tf.transpose(v, [1, 0, 2, 3])                                    # (py, z', px, c)
+        v = tf.image.resize(v, tf.stack([patch[0], patch[2]]), method=method)  # (py, pz, px, c)
+        return tf.transpose(v, [1, 0, 2, 3])
+
+    image = resize(image if channels else image[..., None], "bilinear")
+    image = image if channels else image[..., 0]
+    target = tf.cast(resize(tf.cast(target, tf.float32)[..., None], "nearest")[..., 0], tf.uint8)
+    return image, target
+
+
+def augment_flip(image: tf.Tensor, target: tf.Tensor, s: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """0: none, 1: flip x, 2: flip y, 3: flip x and y (never z: intensity falls along z)."""
+    mode = tf.random.stateless_uniform([], seed=_seed(s, 2), minval=0, maxval=4, dtype=tf.int32)
+    flip_x = tf.logical_or(tf.equal(mode, 1), tf.equal(mode, 3))
+    flip_y = mode >= 2
+    image = tf.cond(flip_x, lambda: tf.reverse(image, [2]), lambda: image)
+    target = tf.cond(flip_x, lambda: tf.reverse(target, [2]), lambda: target)
+    image = tf.cond(flip_y, lambda: tf.reverse(image, [1]), lambda: image)
+    target = tf.cond(flip_y, lambda: tf.reverse(target, [1]), lambda: target)
+    return image, target
+
+
+def augment_rot90(image: tf.Tensor, target: tf.Tensor, s: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Rotate by k * 90 degrees in the xy plane (k uniform in 0..3; y and x sizes must match)."""
+    k = tf.random.stateless_uniform([], seed=_seed(s, 4), minval=0, maxval=4, dtype=tf.int32)
+
+    def rot(v):  # one 90-degree turn in (y, x): transpose then flip x (a channel axis stays last)
+        return tf.reverse(tf.transpose(v, [0, 2, 1, *range(3, v.shape.rank)]), [2])
+
+    for i in range(1, 4):
+        image = tf.cond(k >= i, lambda v=image: rot(v), lambda v=image: v)
+        target = tf.cond(k >= i, lambda v=target: rot(v), lambda v=target: v)
+    return image, target
+
+
+#: Intensity augmentation ranges (image in [0, 1] after normalisation).
+GAMMA_RANGE = (0.6, 1.6)
+CONTRAST_RANGE = (0.6, 1.3)
+BRIGHTNESS_RANGE = (-0.1, 0.1)
+Z_ATTENUATION_MAX = 0.5   # fraction of intensity lost from the top to the bottom of a crop
+NOISE_MAX = 0.06          # standard deviation of additive Gaussian noise
+
+
+def augment_intensity(image: tf.Tensor, s: tf.Tensor) -> tf.Tensor:
+    """Gamma, contrast, brightness, a linear z-attenuation ramp and Gaussian noise, each
+    drawn per crop; the result is clipped to [0, 1]. (Z, Y, X) or (Z, Y, X, c) float32 in and out."""
+    u = tf.random.stateless_uniform([5], seed=_seed(s, 5))
+
+    def between(x, bounds):
+        return bounds[0] + x * (bounds[1] - bounds[0])
+
+    gamma = tf.exp(between(u[0], (np.log(GAMMA_RANGE[0]), np.log(GAMMA_RANGE[1]))))
+    image = tf.pow(tf.clip_by_value(image, 0.0, 1.0), gamma)
+    image = image * between(u[1], CONTRAST_RANGE) + between(u[2], BRIGHTNESS_RANGE)
+    nz = tf.shape(image)[0]
+    ramp = tf.cast(tf.range(nz), tf.float32) / tf.cast(tf.maximum(nz - 1, 1), tf.float32)
+    ramp = tf.reshape(ramp, [-1] + [1] * (image.shape.rank - 1))  # along z, for (Z, Y, X) or (Z, Y, X, c)
+    image = image * (1.0 - u[3] * Z_ATTENUATION_MAX * ramp)
+    noise = tf.random.stateless_normal(tf.shape(image), seed=_seed(s, 6)) * (u[4] * NOISE_MAX)
+    return tf.clip_by_value(image + noise, 0.0, 1.0)
+
+
 def training_dataset(specs: list[VolumeSpec], cfg: DataConfig, *, batch_size: int, seed: int,
                      ndn_diameter_um: float) -> tf.data.Dataset:
-    """Endless stream of random crops: ((batch, pz, py, px, c) float32, (batch, pz, py, px) uint8)."""
-    patch = tf.constant(cfg.patch, tf.int32)
-    patch_np = np.asarray(cfg.patch, np.int32)
+    """Endless stream of random crops: ((batch, pz, py, px, c) float32, (batch, pz, py, px) uint8).
+
+    Augmentations follow ``cfg``: ``scale_jitter`` (mild scaling), ``flips`` (x/y),
+    ``rot90`` (xy, only when the patch's y and x sizes are equal) and ``intensity_augment``.
+    """
+    out_patch = tf.constant(cfg.patch, tf.int32)
+    n_channels = len(cfg.channels) if cfg.channels else 1
+    scaling = cfg.scale_jitter > 0
+    crop_size = tuple(int(np.ceil(p * (1 + cfg.scale_jitter))) for p in cfg.patch) if scaling else cfg.patch
+    patch = tf.constant(crop_size, tf.int32)
+    patch_np = np.asarray(crop_size, np.int32)
+    inner = [max(1, int(np.floor(p * (1 - cfg.scale_jitter))) - 1) if scaling else p for p in cfg.patch]
+    keep_lo = tf.constant([(e - i) // 2 for e, i in zip(crop_size, inner)], tf.int32)
+    keep_hi = keep_lo + tf.constant(inner, tf.int32) - 1
+    rotate = cfg.rot90 and cfg.patch[1] == cfg.patch[2]
+    if cfg.rot90 and not rotate:
+        log.info("no 90-degree rotations: the patch's y and x sizes differ (%s)", cfg.patch)
 
     def pad(image, target):
         im, tg, fg = tf.numpy_function(_pad_and_index, [image, target, patch_np],
@@ -148,23 +262,25 @@ def training_dataset(specs: list[VolumeSpec], cfg: DataConfig, *, batch_size: in
         n_fg = tf.shape(fg, out_type=tf.int64)[0]
         pick = tf.random.stateless_uniform([], seed=s, minval=0, maxval=n_fg, dtype=tf.int64)
         centre = tf.gather(fg, pick)
-        # origin o with o <= c <= o + p - 1 and 0 <= o <= n - p
-        lo = tf.maximum(0, centre - patch + 1)
-        hi = tf.minimum(centre, shape - patch)
+        # origin o with o + a <= c <= o + b and 0 <= o <= n - p, [a, b] the part of the crop
+        # that every scaled sub-box keeps (the whole crop without scaling)
+        lo = tf.minimum(tf.maximum(0, centre - keep_hi), shape - patch)
+        hi = tf.maximum(tf.minimum(centre - keep_lo, shape - patch), lo)
         u = tf.random.stateless_uniform([3], seed=s + [0, 1], dtype=tf.float32)
         origin = lo + tf.cast(tf.floor(u * tf.cast(hi - lo + 1, tf.float32)), tf.int32)
         origin = tf.minimum(origin, hi)
         image = tf.slice(image, tf.concat([origin, [0]], 0), tf.concat([patch, [-1]], 0))
         target = tf.slice(target, origin, patch)
+        if scaling:
+            image, target = augment_scale(image, target, out_patch, s, cfg.scale_jitter)
         if cfg.flips:
-            # 0: none, 1: flip x, 2: flip y, 3: flip x and y (never z: intensity falls along z)
-            mode = tf.random.stateless_uniform([], seed=s + [0, 2], minval=0, maxval=4, dtype=tf.int32)
-            flip_x = tf.logical_or(tf.equal(mode, 1), tf.equal(mode, 3))
-            flip_y = mode >= 2
-            image = tf.cond(flip_x, lambda: tf.reverse(image, [2]), lambda: image)
-            target = tf.cond(flip_x, lambda: tf.reverse(target, [2]), lambda: target)
-            image = tf.cond(flip_y, lambda: tf.reverse(image, [1]), lambda: image)
-            target = tf.cond(flip_y, lambda: tf.reverse(target, [1]), lambda: target)
+            image, target = augment_flip(image, target, s)
+        if rotate:
+            image, target = augment_rot90(image, target, s)
+        if cfg.intensity_augment:
+            image = augment_intensity(image, s)
+        image = tf.ensure_shape(image, [*cfg.patch, n_channels])
+        target = tf.ensure_shape(target, cfg.patch)
         return image, target
 
     ds = ds.map(crop, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

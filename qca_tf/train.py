@@ -49,16 +49,16 @@ class TrainResult:
 # ------------------------------------------------------------------ dataset assembly
 
 
-def collect_volumes(data_root: str | os.PathLike, task: str, data_cfg: DataConfig) -> tuple[list[VolumeSpec], float]:
+def collect_volumes(data_root: str | os.PathLike, task: str, data_cfg: DataConfig,
+                    spacing_um: float | None = None) -> tuple[list[VolumeSpec], float]:
     """Find the dataset's volumes for ``task`` and their zoom to the network grid.
 
-    The grid is isotropic at the xy voxel size of the first volume (``spacing_um``).
+    The grid is isotropic at ``spacing_um``, by default the xy voxel size of the first volume.
     NDN targets come from ``ndn/`` masks, else from ``labels/`` instance labels.
     """
     samples = io.find_dataset(data_root)
     override = io.VoxelSize.from_xyz(data_cfg.voxel_size) if data_cfg.voxel_size else None
     specs: list[VolumeSpec] = []
-    spacing_um: float | None = None
     for s in samples:
         if task == "nsn":
             target, from_labels = s.nsn, False
@@ -82,15 +82,57 @@ def collect_volumes(data_root: str | os.PathLike, task: str, data_cfg: DataConfi
 
 
 def split_volumes(specs: list[VolumeSpec], val_fraction: float, seed: int) -> tuple[list[VolumeSpec], list[VolumeSpec]]:
-    """Seeded train/validation split; with one volume, it is used for both (logged)."""
-    if len(specs) == 1 or val_fraction == 0:
-        log.warning("validating on the training volumes (%d volume(s), val_fraction %.2f)", len(specs), val_fraction)
+    """Seeded train/validation split of the volumes. With one volume, its last
+    ``val_fraction`` along x (or y, the longer) is held out for validation and the rest
+    trains; with ``val_fraction`` 0, validation equals training (logged as a warning)."""
+    if val_fraction == 0:
+        log.warning("validation equals training: the metric is measured on the training volumes "
+                    "(val_fraction 0); it will not show overfitting")
         return specs, specs
+    if len(specs) == 1:
+        return _spatial_split(specs[0], val_fraction)
     order = np.random.default_rng(seed).permutation(len(specs))
     n_val = min(len(specs) - 1, max(1, round(val_fraction * len(specs))))
     val = sorted(order[:n_val])
     train = sorted(order[n_val:])
     return [specs[i] for i in train], [specs[i] for i in val]
+
+
+def _spatial_split(spec: VolumeSpec, val_fraction: float) -> tuple[list[VolumeSpec], list[VolumeSpec]]:
+    """One volume: the last ``val_fraction`` of its longer xy axis validates, the rest trains."""
+    shape = io.read_stack(spec.image).shape
+    axis = 2 if shape[2] >= shape[1] else 1
+    cut = int(round(shape[axis] * (1 - val_fraction)))
+    if cut < 1 or cut >= shape[axis]:
+        log.warning("validation equals training: %s is too small to hold out %.0f%% of it",
+                    spec.name, 100 * val_fraction)
+        return [spec], [spec]
+    full = [(0, n) for n in shape]
+    train_box, val_box = list(full), list(full)
+    train_box[axis], val_box[axis] = (0, cut), (cut, shape[axis])
+    name = "zyx"[axis]
+    log.warning("one training volume: validating on its held-out part %s >= %d (%d of %d voxels along %s), "
+                "training on the rest; give --val-data DIR to validate on other volumes",
+                name, cut, shape[axis] - cut, shape[axis], name)
+    return [spec.with_region(tuple(train_box), "[train]")], [spec.with_region(tuple(val_box), "[val]")]
+
+
+def scheduled_lrs(metrics: list[float], base_lr: float, decay: float, patience: int) -> list[float]:
+    """Learning rate of each epoch (len(metrics) + 1 values: the last is the next epoch's).
+
+    The rate is multiplied by ``decay`` when the metric has not beaten its best for
+    ``patience`` epochs in a row (the wait then restarts): a noisy dip does not decay it.
+    """
+    lr, best, wait, out = base_lr, -math.inf, 0, [base_lr]
+    for m in metrics:
+        if m > best:
+            best, wait = m, 0
+        else:
+            wait += 1
+            if wait >= patience:
+                lr, wait = lr * decay, 0
+        out.append(lr)
+    return out
 
 
 # ------------------------------------------------------------------ optimisation
@@ -115,7 +157,7 @@ def build_compiled(model_cfg: ModelConfig, train_cfg: TrainConfig, dtype_policy:
     optimiser and loss of ``train_cfg`` (call inside the distribution strategy's scope)."""
     model = build_unet(model_cfg, weight_decay=train_cfg.weight_decay, dtype_policy=dtype_policy)
     model.compile(optimizer=make_optimizer(train_cfg, dtype_policy),
-                  loss=losses.get_loss(train_cfg.loss, train_cfg.class_weights))
+                  loss=losses.get_loss(train_cfg.resolved_loss, train_cfg.class_weights))
     return model
 
 
@@ -134,17 +176,9 @@ def validation_score(model: keras.Model, val_ds: tf.data.Dataset, task: str, spa
     return float(np.mean(scores))
 
 
-def _decayed_lr(rows: list[dict], base_lr: float, decay: float) -> float:
-    """Replay the decay-on-drop schedule over logged epochs: the lr for the next epoch."""
-    lr = base_lr
-    prev = None
-    for row in rows:
-        lr = float(row["lr"])
-        m = float(row["metric"])
-        if prev is not None and m < prev:
-            lr *= decay
-        prev = m
-    return lr
+def _decayed_lr(rows: list[dict], base_lr: float, decay: float, patience: int) -> float:
+    """Replay the schedule over logged epochs: the lr for the next epoch."""
+    return scheduled_lrs([float(r["metric"]) for r in rows], base_lr, decay, patience)[-1]
 
 
 def _write_rows(path: Path, rows: list[dict]) -> None:
@@ -179,12 +213,12 @@ class EpochCallback(keras.callbacks.Callback):
         done = [float(r["metric"]) for r in rows]
         self.best = max(done) if done else -math.inf
         self.best_epoch = int(rows[int(np.argmax(done))]["epoch"]) if done else 0
-        self.prev = done[-1] if done else None
+        self.base_lr = train_cfg.sgd_lr if train_cfg.optimizer == "sgd" else train_cfg.adam_alpha
 
     def on_train_begin(self, logs=None):
         if self.rows:
-            base = self.train_cfg.sgd_lr if self.train_cfg.optimizer == "sgd" else self.train_cfg.adam_alpha
-            self.model.optimizer.learning_rate.assign(_decayed_lr(self.rows, base, self.train_cfg.lr_decay))
+            self.model.optimizer.learning_rate.assign(
+                _decayed_lr(self.rows, self.base_lr, self.train_cfg.lr_decay, self.train_cfg.lr_patience))
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
@@ -199,9 +233,9 @@ class EpochCallback(keras.callbacks.Callback):
                 spacing_um=self.spacing_um, train_cfg=self.train_cfg, data_cfg=self.data_cfg,
                 metrics={"best_epoch": self.best_epoch, self.metric_name: score},
             )
-        if self.prev is not None and score < self.prev:
-            self.model.optimizer.learning_rate.assign(lr * self.train_cfg.lr_decay)
-        self.prev = score
+        history = [float(r["metric"]) for r in self.rows] + [score]
+        nxt = scheduled_lrs(history, self.base_lr, self.train_cfg.lr_decay, self.train_cfg.lr_patience)[-1]
+        self.model.optimizer.learning_rate.assign(nxt)
         self.rows.append({"epoch": epoch + 1, "loss": f"{logs.get('loss', float('nan')):.6g}",
                           "metric": f"{score:.6f}", "lr": f"{lr:.6g}", "best": int(improved)})
         _write_rows(self.out / "epochs.csv", self.rows)
@@ -225,8 +259,12 @@ def _strategy(distribute: bool) -> tf.distribute.Strategy:
 
 def train(data_root: str | os.PathLike, out_dir: str | os.PathLike, model_cfg: ModelConfig,
           train_cfg: TrainConfig, data_cfg: DataConfig, *, distribute: bool = False,
-          verbose: int = 1) -> TrainResult:
+          verbose: int = 1, val_data: str | os.PathLike | None = None) -> TrainResult:
     """Train one network (NSN or NDN task) and save its best epoch as a model folder in ``out_dir``.
+
+    ``val_data``: a dataset folder to validate on (all of ``data_root`` then trains);
+    without it, ``data_cfg.val_fraction`` of the volumes (or, with one volume, of its
+    extent) is held out.
 
     An interrupted run resumes from its last finished epoch when called again with the
     same ``out_dir``.
@@ -245,7 +283,11 @@ def train(data_root: str | os.PathLike, out_dir: str | os.PathLike, model_cfg: M
         raise ConfigError(f"--channel: the model takes {model_cfg.input_channels} input channel(s) but "
                           f"{n_channels} file channel(s) are chosen (data.channels {data_cfg.channels})")
     specs, spacing_um = collect_volumes(data_root, train_cfg.task, data_cfg)
-    train_specs, val_specs = split_volumes(specs, data_cfg.val_fraction, train_cfg.seed)
+    if val_data is not None:
+        train_specs = specs
+        val_specs, _ = collect_volumes(val_data, train_cfg.task, data_cfg, spacing_um)
+    else:
+        train_specs, val_specs = split_volumes(specs, data_cfg.val_fraction, train_cfg.seed)
     log.info("%d training and %d validation volume(s); network grid %.3g um isotropic",
              len(train_specs), len(val_specs), spacing_um)
 
@@ -259,7 +301,7 @@ def train(data_root: str | os.PathLike, out_dir: str | os.PathLike, model_cfg: M
 
     keras.utils.set_random_seed(train_cfg.seed)
     diameter_um = data_cfg.ndn_diameter * spacing_um
-    steps = max(1, len(train_specs) * train_cfg.crops_per_volume // train_cfg.batch_size)
+    steps = train_cfg.steps_per_epoch(len(train_specs))
     train_ds = training_dataset(train_specs, data_cfg, batch_size=train_cfg.batch_size,
                                 seed=train_cfg.seed, ndn_diameter_um=diameter_um)
     train_ds = train_ds.skip(done_epochs * steps)

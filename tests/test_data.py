@@ -10,6 +10,8 @@ from qca_tf.data import VolumeSpec, check_volume, training_dataset, validation_d
 from qca_tf.errors import InputError
 
 VOXEL = io.VoxelSize(1.0, 1.0, 2.0)
+#: No augmentation beyond flips and min-max scaling: crops whose values are exactly known.
+PLAIN = dict(normalization="minmax", rot90=False, scale_jitter=0.0, intensity_augment=False)
 
 
 def _spec(tmp_path, image, target, name="v", voxel=VOXEL) -> VolumeSpec:
@@ -33,7 +35,7 @@ def _take(ds, n):
 
 def test_pipeline_is_deterministic_by_seed(tmp_path):
     spec = _spec(tmp_path, *_ramp_volume())
-    cfg = DataConfig(patch=(8, 8, 8))
+    cfg = DataConfig(patch=(8, 8, 8))  # every augmentation on
     a = _take(training_dataset([spec], cfg, batch_size=2, seed=3, ndn_diameter_um=5.0), 6)
     b = _take(training_dataset([spec], cfg, batch_size=2, seed=3, ndn_diameter_um=5.0), 6)
     c = _take(training_dataset([spec], cfg, batch_size=2, seed=4, ndn_diameter_um=5.0), 6)
@@ -49,7 +51,7 @@ def test_pipeline_is_deterministic_by_seed(tmp_path):
 def test_resampling_stage_makes_isotropic_grid(tmp_path):
     image, target = _ramp_volume()
     spec = _spec(tmp_path, image, target)  # z voxel 2 um -> factor 2 on a 1 um grid
-    x, t = next(iter(validation_dataset([spec], DataConfig(), multiple=4, ndn_diameter_um=5.0)))
+    x, t = next(iter(validation_dataset([spec], DataConfig(**PLAIN), multiple=4, ndn_diameter_um=5.0)))
     assert t.shape == (20, 24, 26)              # z resampled 10 -> 20
     assert x.shape == (1, 20, 24, 28, 1)        # mirror-padded to a multiple of 4
     assert float(x.numpy().min()) == 0.0 and float(x.numpy().max()) == pytest.approx(1.0)
@@ -59,7 +61,7 @@ def test_resampling_stage_makes_isotropic_grid(tmp_path):
 def test_flips_apply_to_image_and_mask_alike_and_never_in_z(tmp_path):
     image, target = _ramp_volume()
     spec = _spec(tmp_path, image, target, voxel=io.VoxelSize(1.0, 1.0, 1.0))  # no resampling: exact values
-    ds = training_dataset([spec], DataConfig(patch=(6, 8, 8)), batch_size=1, seed=0, ndn_diameter_um=5.0)
+    ds = training_dataset([spec], DataConfig(patch=(6, 8, 8), **PLAIN), batch_size=1, seed=0, ndn_diameter_um=5.0)
     seen = set()
     for x, t in _take(ds, 60):
         x, t = x[0, ..., 0], t[0]
@@ -106,3 +108,72 @@ def test_check_volume_names_the_file(tmp_path):
     io.write_stack(tmp_path / "const.tif", np.full_like(image, 7), VOXEL)
     with pytest.raises(InputError, match=r"const\.tif: constant image"):
         check_volume(tmp_path / "const.tif", tmp_path / "im.tif")
+
+
+def _coords_volume(n=(12, 24, 24)):
+    """Image whose value encodes the voxel (y, x); target marks x > 12 (so it has a side)."""
+    z, y, x = np.meshgrid(*(np.arange(k) for k in n), indexing="ij")
+    return (1 + 100 * y + x).astype(np.uint16), ((x > 12) | (y < 3)).astype(np.uint8) * 255
+
+
+def test_rot90_turns_image_and_mask_together_in_xy_only(tmp_path):
+    image, target = _coords_volume()
+    spec = _spec(tmp_path, image, target, voxel=io.VoxelSize(1.0, 1.0, 1.0))
+    cfg = DataConfig(patch=(6, 8, 8), **{**PLAIN, "rot90": True})
+    src = {}
+    for iz, iy, ix in np.argwhere(np.ones_like(image, bool)):
+        src.setdefault((int(image[iz, iy, ix])), target[iz, iy, ix] > 0)
+    grads = set()
+    for x, t in _take(training_dataset([spec], cfg, batch_size=1, seed=0, ndn_diameter_um=5.0), 60):
+        x, t = x[0, ..., 0], t[0]
+        raw = np.rint(x * (image.max() - image.min()) + image.min()).astype(int)
+        # each crop voxel still carries its own source voxel's mask value
+        np.testing.assert_array_equal(t > 0, np.vectorize(src.get)(raw))
+        np.testing.assert_array_equal(raw[0], raw[-1])  # z untouched (the image is constant in z)
+        gy, gx = np.diff(raw, axis=1).mean(), np.diff(raw, axis=2).mean()
+        grads.add((int(np.sign(round(gy))), int(np.sign(round(gx))), abs(gy) > abs(gx)))
+    # with flips and rotations, the source y axis (step 100) appears along both crop axes
+    assert {g[2] for g in grads} == {True, False}
+
+
+def test_scale_jitter_resizes_crop_and_keeps_mask_aligned(tmp_path):
+    z, y, x = np.meshgrid(np.arange(20), np.arange(40), np.arange(40), indexing="ij")
+    ball = ((z - 10) ** 2 + (y - 20) ** 2 + (x - 20) ** 2) <= 36
+    image = (100 + 1000 * ball).astype(np.uint16)
+    spec = _spec(tmp_path, image, ball.astype(np.uint8) * 255, voxel=io.VoxelSize(1.0, 1.0, 1.0))
+    cfg = DataConfig(patch=(16, 16, 16), **{**PLAIN, "scale_jitter": 0.3, "flips": False})
+    volumes = []
+    for xb, t in _take(training_dataset([spec], cfg, batch_size=1, seed=2, ndn_diameter_um=5.0), 30):
+        xb, t = xb[0, ..., 0], t[0]
+        assert xb.shape == (16, 16, 16) and t.shape == (16, 16, 16)
+        bright = xb > 0.5
+        inner = ~(t > 0) ^ True
+        assert (bright == inner).mean() > 0.97  # the mask follows the resized image
+        if not (t[0].any() or t[-1].any() or t[:, 0].any() or t[:, -1].any() or t[:, :, 0].any() or t[:, :, -1].any()):
+            volumes.append(int(t.sum()))
+    assert volumes and max(volumes) > 1.3 * min(volumes)  # the ball's size varies from crop to crop
+
+
+def test_intensity_augmentation_is_seeded_bounded_and_varied(tmp_path):
+    image, target = _ramp_volume()
+    spec = _spec(tmp_path, image, target, voxel=io.VoxelSize(1.0, 1.0, 1.0))
+    plain = DataConfig(patch=(6, 8, 8), **{**PLAIN, "flips": False})
+    aug = DataConfig(patch=(6, 8, 8), **{**PLAIN, "flips": False, "intensity_augment": True})
+    a = _take(training_dataset([spec], plain, batch_size=1, seed=0, ndn_diameter_um=5.0), 20)
+    b = _take(training_dataset([spec], aug, batch_size=1, seed=0, ndn_diameter_um=5.0), 20)
+    b2 = _take(training_dataset([spec], aug, batch_size=1, seed=0, ndn_diameter_um=5.0), 20)
+    means = []
+    for (xa, ta), (xb, tb), (xc, _) in zip(a, b, b2):
+        np.testing.assert_array_equal(ta, tb)      # same crops: targets untouched
+        np.testing.assert_array_equal(xb, xc)      # seeded
+        assert xb.min() >= 0.0 and xb.max() <= 1.0
+        assert not np.allclose(xa, xb)
+        means.append(xb.mean() / max(xa.mean(), 1e-6))
+    assert max(means) / min(means) > 1.3  # brightness/contrast/gamma vary between crops
+
+
+def test_region_restricts_the_volume(tmp_path):
+    image, target = _ramp_volume()
+    spec = _spec(tmp_path, image, target, voxel=io.VoxelSize(1.0, 1.0, 1.0)).with_region(((0, 10), (0, 24), (13, 26)), "[r]")
+    x, t = next(iter(validation_dataset([spec], DataConfig(**PLAIN), multiple=1, ndn_diameter_um=5.0)))
+    assert t.shape == (10, 24, 13) and np.all(t.numpy() > 0)  # only the x > 12 side

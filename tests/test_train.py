@@ -42,30 +42,70 @@ def test_tiny_ndn_finds_most_centres_from_labels(trained_bundle):
     assert results["ndn"].best_metric >= 0.7
 
 
-def test_decay_on_drop_replay():
-    rows = [{"lr": 0.1, "metric": 0.5}, {"lr": 0.1, "metric": 0.4}, {"lr": 0.05, "metric": 0.6},
-            {"lr": 0.05, "metric": 0.3}]
-    # drop after epoch 2 -> 0.05; rise at 3 -> 0.05; drop at 4 -> 0.025
-    assert train_mod._decayed_lr(rows, 0.1, 0.5) == pytest.approx(0.025)
-    assert train_mod._decayed_lr([], 0.1, 0.5) == pytest.approx(0.1)
+def test_decay_waits_for_patience_epochs_without_a_new_best():
+    metrics = [0.5, 0.4, 0.45, 0.6, 0.3, 0.2, 0.1, 0.7]
+    # patience 2: epochs 2-3 do not beat 0.5 -> decay after epoch 3; 0.6 is a new best;
+    # 0.3, 0.2 -> decay after epoch 6; 0.1 waits (1 of 2); 0.7 is a new best
+    assert train_mod.scheduled_lrs(metrics, 0.1, 0.5, 2) == pytest.approx(
+        [0.1, 0.1, 0.1, 0.05, 0.05, 0.05, 0.025, 0.025, 0.025])
+    # patience 1 decays after every epoch that is not a new best
+    assert train_mod.scheduled_lrs([0.5, 0.4, 0.6, 0.3], 0.1, 0.5, 1) == pytest.approx(
+        [0.1, 0.1, 0.05, 0.05, 0.025])
+    rows = [{"lr": 0.1, "metric": m} for m in metrics]
+    assert train_mod._decayed_lr(rows, 0.1, 0.5, 2) == pytest.approx(0.025)
+    assert train_mod._decayed_lr([], 0.1, 0.5, 2) == pytest.approx(0.1)
 
 
 def test_sgd_optimizer_and_schedule_in_fit(synth_dataset, tmp_path):
     root, _ = synth_dataset
-    cfg = TrainConfig(task="nsn", optimizer="sgd", sgd_lr=0.05, lr_decay=0.5, epochs=3, crops_per_volume=2, seed=0)
+    cfg = TrainConfig(task="nsn", optimizer="sgd", sgd_lr=0.05, lr_decay=0.5, lr_patience=1, epochs=3,
+                      crops_per_volume=2, min_crops_per_epoch=1, seed=0)
     res = train_mod.train(root, tmp_path / "m", ModelConfig(name="nsn", depth=1, init_channels=2), cfg, DATA,
                           verbose=0)
     lrs = [float(r["lr"]) for r in res.history]
     metrics = [float(r["metric"]) for r in res.history]
     assert lrs[0] == pytest.approx(0.05)
-    for i in range(1, len(lrs)):  # the lr of epoch i follows the decision after epoch i-1
-        expected = lrs[i - 1] * (0.5 if metrics[i - 1] < (metrics[i - 2] if i >= 2 else -np.inf) else 1.0)
-        assert lrs[i] == pytest.approx(expected)
+    # the lr of epoch i follows the decision after epoch i-1
+    assert lrs == pytest.approx(train_mod.scheduled_lrs(metrics, 0.05, 0.5, 1)[:3])
+
+
+def test_steps_per_epoch_has_a_floor():
+    cfg = TrainConfig(crops_per_volume=4, min_crops_per_epoch=16, batch_size=2)
+    assert cfg.steps_per_epoch(1) == 8      # one volume: 16 crops, not 4
+    assert cfg.steps_per_epoch(10) == 20    # many volumes: crops_per_volume each
+
+
+def test_one_volume_holds_out_a_spatial_part(synth_dataset, caplog):
+    root, _ = synth_dataset
+    specs, _ = train_mod.collect_volumes(root, "nsn", DATA)
+    with caplog.at_level("WARNING"):
+        train, val = train_mod.split_volumes(specs[:1], 0.25, seed=0)
+    assert train[0].region == ((0, 16), (0, 64), (0, 48)) and val[0].region == ((0, 16), (0, 64), (48, 64))
+    assert "validating on its held-out part x >= 48" in caplog.text
+    with caplog.at_level("WARNING"):
+        caplog.clear()
+        train, val = train_mod.split_volumes(specs, 0.0, seed=0)
+    assert train == val and "validation equals training" in caplog.text
+
+
+def test_val_data_folder_validates_and_all_of_data_trains(synth_dataset, tmp_path, caplog):
+    import shutil
+
+    root, _ = synth_dataset
+    val_root = tmp_path / "val"
+    for sub in ("images", "nsn"):
+        (val_root / sub).mkdir(parents=True)
+        shutil.copy(root / sub / "t0002.tif", val_root / sub / "v.tif")
+    cfg = TrainConfig(task="nsn", optimizer="adam", epochs=1, crops_per_volume=1, min_crops_per_epoch=1, seed=0)
+    with caplog.at_level("INFO"):
+        train_mod.train(root, tmp_path / "m", ModelConfig(name="nsn", depth=1, init_channels=2), cfg, DATA,
+                        verbose=0, val_data=val_root)
+    assert "3 training and 1 validation volume(s)" in caplog.text
 
 
 def test_interrupted_training_resumes(synth_dataset, tmp_path, monkeypatch):
     root, _ = synth_dataset
-    cfg = TrainConfig(task="nsn", optimizer="adam", epochs=3, crops_per_volume=1, seed=0)
+    cfg = TrainConfig(task="nsn", optimizer="adam", epochs=3, crops_per_volume=1, min_crops_per_epoch=1, seed=0)
     model_cfg = ModelConfig(name="nsn", depth=1, init_channels=2)
     original = train_mod.EpochCallback.on_epoch_end
     calls = []

@@ -1,0 +1,103 @@
+"""Build the `embryo-small` training, validation and held-out test folders from the one
+real annotated stack (the QCANet 8-cell example) plus synthetic embryos.
+
+Hold-out (decided before any training, never tuned on): the real stack is cut at x = 52
+(no nucleus crosses it). The left part (3 nuclei) trains; the right part (5 nuclei) is
+the test, as recorded and as a simulated later stage ("late": the right part shrunk to
+0.8x in every axis (smaller nuclei), dimmer, gamma-changed, bleached, noisier, and
+attenuated with depth). Validation uses a synthetic embryo and a dimmed copy of the
+training part only.
+
+    python benchmarks/embryo_small_data.py OUT [--real DIR]
+
+writes OUT/train, OUT/val, OUT/test (images/ nsn/ ndn/ labels/ each; test has labels only
+besides images) with ImageJ voxel sizes 0.8 x 0.8 x 1.75 um.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from qca_tf import io, synthetic
+from qca_tf.io import VoxelSize
+
+VOXEL = VoxelSize(0.8, 0.8, 1.75)
+CUT_X = 52
+REAL = Path("/work/shared/data/qcanet-example-8cell")
+
+
+def later_stage(image: np.ndarray, labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A simulated later, dimmer stack: nuclei 0.8x smaller, signal 0.45x with gamma 1.3,
+    15% intensity lost from top to bottom, Poisson-like and camera noise."""
+    rng = np.random.default_rng(seed)
+    small = ndimage.zoom(image.astype(np.float32), 0.8, order=1)
+    lab = ndimage.zoom(labels, 0.8, order=0)
+    bg = float(np.percentile(image, 5))
+    sig = np.clip(small - bg, 0, None)
+    peak = float(np.percentile(sig, 99.9))
+    sig = peak * (sig / peak) ** 1.3 * 0.45
+    ramp = 1.0 - 0.15 * np.linspace(0, 1, sig.shape[0])[:, None, None]
+    sig = sig * ramp
+    out = rng.poisson(np.clip(sig, 0, None) * 0.5) / 0.5 + bg + rng.normal(0, 6.0, sig.shape)
+    return np.clip(out, 0, 65535).astype(np.uint16), lab.astype(np.uint16)
+
+
+def dimmed(image: np.ndarray, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    bg = float(np.percentile(image, 5))
+    sig = np.clip(image.astype(np.float32) - bg, 0, None) * 0.6
+    out = rng.poisson(sig) + bg + rng.normal(0, 4.0, sig.shape)
+    return np.clip(out, 0, 65535).astype(np.uint16)
+
+
+def write(root: Path, name: str, image: np.ndarray, labels: np.ndarray, ndn: np.ndarray | None) -> None:
+    for sub in ("images", "labels", "nsn") + (("ndn",) if ndn is not None else ()):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    io.write_stack(root / "images" / name, image, VOXEL)
+    io.write_stack(root / "labels" / name, labels.astype(np.uint16), VOXEL)
+    io.write_stack(root / "nsn" / name, ((labels > 0) * 255).astype(np.uint8), VOXEL)
+    if ndn is not None:
+        io.write_stack(root / "ndn" / name, ndn.astype(np.uint8), VOXEL)
+
+
+def synthetic_embryos(root: Path, seed: int, timepoints: int, prefix: str) -> None:
+    cfg = synthetic.SynthConfig(shape=(48, 112, 112), voxel_size=(VOXEL.x, VOXEL.y, VOXEL.z), n_nuclei=8,
+                                radius_um=(4.5, 7.5), touching_pairs=2, polar_bodies=1, timepoints=timepoints,
+                                division_interval=2, seed=seed)
+    for t, frame in enumerate(synthetic.make_series(cfg)):
+        write(root, f"{prefix}_t{t}.tif", frame.image, frame.labels, frame.ndn)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--real", type=Path, default=REAL)
+    a = ap.parse_args(argv)
+    image = io.read_stack(a.real / "image.tif")
+    labels, n = ndimage.label(io.read_stack(a.real / "nsn_gt.tif") > 0)
+    ndn = io.read_stack(a.real / "ndn_gt.tif")
+    left, right = np.s_[:, :, :CUT_X], np.s_[:, :, CUT_X:]
+    for piece in (left, right):  # the cut must not split a nucleus
+        inside = set(np.unique(labels[piece])) - {0}
+        assert not inside & (set(np.unique(labels[right if piece is left else left])) - {0}), "cut splits a nucleus"
+    write(a.out / "train", "real_left.tif", image[left], labels[left], ndn[left])
+    synthetic_embryos(a.out / "train", seed=1, timepoints=4, prefix="synth1")
+    synthetic_embryos(a.out / "train", seed=2, timepoints=2, prefix="synth2")
+    write(a.out / "val", "real_left_dim.tif", dimmed(image[left], 5), labels[left], ndn[left])
+    synthetic_embryos(a.out / "val", seed=3, timepoints=1, prefix="synth3")
+    test_lab, _ = ndimage.label(labels[right] > 0)
+    write(a.out / "test", "real_right.tif", image[right], test_lab, None)
+    late_im, late_lab = later_stage(image[right], test_lab, seed=7)
+    write(a.out / "test", "real_right_late.tif", late_im, late_lab, None)
+    for split in ("train", "val", "test"):
+        names = sorted(p.name for p in (a.out / split / "images").glob("*.tif"))
+        print(f"{split}: {', '.join(names)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
