@@ -189,6 +189,8 @@ def _parse_shard(value: str | None) -> tuple[int, int]:
 @click.option("--ndn-threshold", type=float, default=None, help="NDN probability threshold [0.5].")
 @click.option("--min-marker-size", type=click.IntRange(0), default=None,
               help="Drop NDN components smaller than this many voxels (network grid) [0].")
+@click.option("--min-volume", type=click.FloatRange(0), default=None, metavar="UM3",
+              help="Drop instances smaller than this volume in µm³ (fragments, not nuclei); 0 keeps all [20].")
 @click.option("--precision", type=click.Choice(["auto", "float32", "mixed_float16", "mixed_bfloat16"]),
               default="auto", show_default=True, help="auto: mixed_float16 on a GPU, float32 on a CPU.")
 @click.option("--tile", nargs=3, type=click.IntRange(1), default=None, metavar="Z Y X",
@@ -203,7 +205,7 @@ def _parse_shard(value: str | None) -> tuple[int, int]:
 @click.option("--shard", default=None, metavar="I/N", help="Process every N-th time point starting at I (job arrays).")
 @click.option("--sequential", is_flag=True, help="Do not overlap reading/watershed with the networks.")
 def predict(inputs, out_dir: Path, bundle, nsn, ndn, voxel_size, nsn_threshold, ndn_threshold, min_marker_size,
-            precision, tile, max_memory, batch_size, jit, save_masks, no_quicklook, overwrite, shard,
+            min_volume, precision, tile, max_memory, batch_size, jit, save_masks, no_quicklook, overwrite, shard,
             sequential) -> None:
     """Segment INPUTS (3D TIFFs, 4D t-z-y-x TIFFs or folders) into instance labels and criteria.
 
@@ -226,7 +228,8 @@ def predict(inputs, out_dir: Path, bundle, nsn, ndn, voxel_size, nsn_threshold, 
     policy = resolve_precision(precision)
     nets = load_networks(nsn=nsn, ndn=ndn, bundle=bundle, precision=policy)
     overrides = {k: v for k, v in {"nsn_threshold": nsn_threshold, "ndn_threshold": ndn_threshold,
-                                   "min_marker_size": min_marker_size}.items() if v is not None}
+                                   "min_marker_size": min_marker_size, "min_volume_um3": min_volume}.items()
+                 if v is not None}
     if overrides:
         nets.postprocess = dataclasses.replace(nets.postprocess, **overrides)
     infer_cfg = InferenceConfig(precision=policy, tile=tuple(tile) if tile else None, max_memory_gb=max_memory,
@@ -304,7 +307,9 @@ def export(model_dir: Path, out_dir: Path, overwrite: bool) -> None:
 @click.option("--nsn-threshold", type=float, default=0.5, show_default=True)
 @click.option("--ndn-threshold", type=float, default=0.5, show_default=True)
 @click.option("--min-marker-size", type=click.IntRange(0), default=0, show_default=True)
-def bundle(nsn: Path, ndn: Path, out_dir: Path, nsn_threshold, ndn_threshold, min_marker_size) -> None:
+@click.option("--min-volume", type=click.FloatRange(0), default=20.0, show_default=True, metavar="UM3",
+              help="Drop instances smaller than this volume in µm³.")
+def bundle(nsn: Path, ndn: Path, out_dir: Path, nsn_threshold, ndn_threshold, min_marker_size, min_volume) -> None:
     """Combine an NSN and an NDN model folder and post-processing parameters into one
     QCANet bundle for `qca-tf predict --model`."""
     import shutil
@@ -315,7 +320,7 @@ def bundle(nsn: Path, ndn: Path, out_dir: Path, nsn_threshold, ndn_threshold, mi
     from qca_tf.predict import save_bundle
 
     post = PostprocessConfig(nsn_threshold=nsn_threshold, ndn_threshold=ndn_threshold,
-                             min_marker_size=min_marker_size)
+                             min_marker_size=min_marker_size, min_volume_um3=min_volume)
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, src in (("nsn", nsn), ("ndn", ndn)):
         if not (src / "config.json").exists():

@@ -147,7 +147,7 @@ def segment(nets: Networks, volume: np.ndarray, cfg: InferenceConfig) -> tuple[n
 
 
 def to_labels(nets: Networks, shape: tuple[int, int, int], nsn_prob: np.ndarray,
-              ndn_prob: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+              ndn_prob: np.ndarray | None, name: str = "") -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Watershed on the network grid, then labels and masks back on the original grid.
 
     Returns (labels uint16 1..N, nsn mask uint8 0/255, ndn mask uint8 0/255 or None), each ``shape``.
@@ -159,8 +159,7 @@ def to_labels(nets: Networks, shape: tuple[int, int, int], nsn_prob: np.ndarray,
         ndn_mask = np.zeros_like(nsn_mask)
     else:
         ndn_mask = ndn_prob > cfg.ndn_threshold
-    markers = postprocess.markers_from_ndn(ndn_mask, cfg.min_marker_size)
-    labels = postprocess.watershed_instances(nsn_mask, markers, spacing)
+    labels = postprocess.instances_from_probabilities(nsn_prob, ndn_prob, cfg, spacing, name=name)
     labels = postprocess.relabel_consecutive(preprocess.resize_labels(labels, shape))
     if labels.max() > np.iinfo(np.uint16).max:
         raise OutputError(f"{labels.max()} nuclei do not fit a uint16 label image")
@@ -223,7 +222,7 @@ def _postprocess_and_write(nets: Networks, prep: Prepared, nsn_prob, ndn_prob, o
                            opts: PredictOptions, index: int) -> dict[str, float]:
     """Watershed, write labels (+ masks, quick-look) and the time point's nuclei CSV (last)."""
     t0 = time.perf_counter()
-    labels, nsn_mask, ndn_mask = to_labels(nets, prep.raw.shape, nsn_prob, ndn_prob)
+    labels, nsn_mask, ndn_mask = to_labels(nets, prep.raw.shape, nsn_prob, ndn_prob, prep.tp.name)
     t1 = time.perf_counter()
     name = prep.tp.name
     io.write_stack(out / "labels" / f"{name}.tif", labels, prep.voxel)
