@@ -93,7 +93,7 @@ def timeseries_figure(summary_rows: list[dict[str, Any]], nucleus_rows: list[dic
             keep = _subsample(len(v), MAX_POINTS_PER_TIMEPOINT, rng)
             sampled |= len(keep) < len(v)
             jitter = rng.uniform(-0.18, 0.18, len(keep)) * step
-            ax.scatter(tp + jitter, v[keep], s=7, color=colour, alpha=0.45, linewidths=0, zorder=2,
+            ax.scatter(tp + jitter, v[keep], s=9, color=colour, alpha=0.6, linewidths=0, zorder=2,
                        label=None if labelled or not len(keep) else "nuclei")
             labelled |= len(keep) > 0
         q1, median, q3 = (np.array([np.percentile(v, q) if len(v) else np.nan for v in values]) for q in (25, 50, 75))

@@ -81,8 +81,9 @@ def test_min_volume_option(predicted, trained_bundle, synth_dataset, tmp_path):
     kept = [float(r["volume_um3"]) for r in csv.DictReader(open(tmp_path / "o" / "nuclei.csv"))]
     assert sorted(kept) == pytest.approx(volumes[gap + 1:])
     assert json.loads((tmp_path / "o" / "run.json").read_text())["postprocess"]["min_volume_um3"] == threshold
-    one_line_error(invoke("predict", root / "images", "--model", bundle, "--out", tmp_path / "p", "--min-volume", -1),
-                   "--min-volume")
+    refused = invoke("predict", root / "images", "--model", bundle, "--out", tmp_path / "p", "--min-volume", -1)
+    assert refused.exit_code == 2 and "Invalid value for '--min-volume'" in refused.output  # click's usage error
+    assert not (tmp_path / "p").exists()
 
 
 def test_rerun_skips_finished_and_overwrite_redoes(predicted, trained_bundle, synth_dataset, tmp_path):
