@@ -28,7 +28,6 @@ Prints one table (seconds per step) and the spurious/clean ratio of each variant
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import math
 import platform
