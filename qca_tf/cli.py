@@ -232,6 +232,9 @@ def _parse_shard(value: str | None) -> tuple[int, int]:
 @click.option("--ndn-threshold", type=float, default=None, help=f"NDN probability threshold [{_P.ndn_threshold}].")
 @click.option("--min-marker-size", type=click.IntRange(0), default=None,
               help=f"Drop NDN components smaller than this many voxels (network grid) [{_P.min_marker_size}].")
+@click.option("--min-volume", type=click.FloatRange(0), default=None, metavar="UM3",
+              help=f"Drop instances smaller than this volume in µm³ (fragments, not nuclei); 0 keeps all "
+                   f"[{_P.min_volume_um3:g}].")
 @click.option("--precision", type=click.Choice(PRECISIONS),
               default=PRECISIONS[0], show_default=True, help="auto: mixed_float16 on a GPU, float32 on a CPU.")
 @click.option("--tile", nargs=3, type=click.IntRange(1), default=None, metavar="Z Y X",
@@ -246,7 +249,7 @@ def _parse_shard(value: str | None) -> tuple[int, int]:
 @click.option("--shard", default=None, metavar="I/N", help="Process every N-th time point starting at I (job arrays).")
 @click.option("--sequential", is_flag=True, help="Do not overlap reading/watershed with the networks.")
 def predict(inputs, out_dir: Path, bundle, nsn, ndn, voxel_size, channels, nsn_threshold, ndn_threshold, min_marker_size,
-            precision, tile, max_memory, batch_size, jit, save_masks, no_quicklook, overwrite, shard,
+            min_volume, precision, tile, max_memory, batch_size, jit, save_masks, no_quicklook, overwrite, shard,
             sequential) -> None:
     """Segment INPUTS (3D TIFFs, 4D t-z-y-x TIFFs or folders) into instance labels and criteria.
 
@@ -270,7 +273,8 @@ def predict(inputs, out_dir: Path, bundle, nsn, ndn, voxel_size, channels, nsn_t
 
     nets = load_networks(nsn=nsn, ndn=ndn, bundle=bundle, infer_cfg=infer_cfg)
     overrides = {k: v for k, v in {"nsn_threshold": nsn_threshold, "ndn_threshold": ndn_threshold,
-                                   "min_marker_size": min_marker_size}.items() if v is not None}
+                                   "min_marker_size": min_marker_size, "min_volume_um3": min_volume}.items()
+                 if v is not None}
     if overrides:
         nets.postprocess = dataclasses.replace(nets.postprocess, **overrides)
     opts = PredictOptions(save_masks=save_masks, quicklook=not no_quicklook, overwrite=overwrite, shard=shard_t,
@@ -351,10 +355,12 @@ def export(model_dir: Path, out_dir: Path, overwrite: bool) -> None:
 @click.option("--nsn-threshold", type=float, default=_P.nsn_threshold, show_default=True)
 @click.option("--ndn-threshold", type=float, default=_P.ndn_threshold, show_default=True)
 @click.option("--min-marker-size", type=click.IntRange(0), default=_P.min_marker_size, show_default=True)
+@click.option("--min-volume", type=click.FloatRange(0), default=_P.min_volume_um3, show_default=True, metavar="UM3",
+              help="Drop instances smaller than this volume in µm³.")
 @click.option("--description", default="", help="What data the networks learnt from (shown by `qca-tf models`).")
 @click.option("--voxel-size", nargs=3, type=float, default=None, metavar="X Y Z",
               help="Voxel size (um, x y z) of the training images (shown by `qca-tf models`).")
-def bundle(nsn: Path, ndn: Path, out_dir: Path, nsn_threshold, ndn_threshold, min_marker_size, description,
+def bundle(nsn: Path, ndn: Path, out_dir: Path, nsn_threshold, ndn_threshold, min_marker_size, min_volume, description,
            voxel_size) -> None:
     """Combine an NSN and an NDN model folder and post-processing parameters into one
     QCANet bundle for `qca-tf predict --model` (weights only: no optimiser state)."""
@@ -364,7 +370,7 @@ def bundle(nsn: Path, ndn: Path, out_dir: Path, nsn_threshold, ndn_threshold, mi
     from qca_tf.bundle import make_bundle
 
     post = PostprocessConfig(nsn_threshold=nsn_threshold, ndn_threshold=ndn_threshold,
-                             min_marker_size=min_marker_size)
+                             min_marker_size=min_marker_size, min_volume_um3=min_volume)
     make_bundle(out_dir, nsn, ndn, post, description=description,
                 voxel_size_um=tuple(voxel_size) if voxel_size else None)
     click.echo(f"bundle written to {out_dir}")

@@ -77,7 +77,7 @@ def watershed_instances(nsn_mask: np.ndarray, markers: np.ndarray,
     spacing = _check_spacing(spacing_zyx)
     markers = np.where(mask, markers, 0).astype(np.int32, copy=False)
     if not markers.any():
-        logger.info("watershed: no marker inside the NSN mask; using its connected components")
+        logger.debug("watershed: no marker inside the NSN mask; using its connected components")
         components, _ = ndimage.label(mask)
         return relabel_consecutive(components)
     distance = ndimage.distance_transform_edt(mask, sampling=spacing)
@@ -85,14 +85,71 @@ def watershed_instances(nsn_mask: np.ndarray, markers: np.ndarray,
     return relabel_consecutive(labels)
 
 
-def instances_from_probabilities(nsn_prob: np.ndarray, ndn_prob: np.ndarray, cfg: PostprocessConfig,
-                                 spacing_zyx: Sequence[float] = (1.0, 1.0, 1.0)) -> np.ndarray:
-    """Instance labels (z, y, x, int32) from NSN and NDN foreground probabilities
-    (z, y, x, same shape): ``prob > threshold`` masks, then :func:`markers_from_ndn`
-    (``cfg.min_marker_size``) and :func:`watershed_instances`."""
+def drop_small_instances(labels: np.ndarray, min_volume_um3: float,
+                         spacing_zyx: Sequence[float] = (1.0, 1.0, 1.0)) -> np.ndarray:
+    """``labels`` (z, y, x, integers >= 0) without the instances smaller than
+    ``min_volume_um3`` (voxel count * voxel volume from ``spacing_zyx``), relabelled
+    1..N in the order of the original ids. One bincount pass. Returns int32."""
+    labels = as_label_image("labels", labels)
+    spacing = _check_spacing(spacing_zyx)
+    if min_volume_um3 < 0:
+        raise InputError(f"min_volume_um3: {min_volume_um3!r} must be >= 0")
+    if min_volume_um3 > 0 and labels.size:
+        volumes = np.bincount(labels.ravel()) * float(np.prod(spacing))
+        small = volumes < min_volume_um3
+        small[0] = False
+        if small.any():
+            n = int(np.count_nonzero(volumes[1:]))
+            logger.debug("dropped %d of %d instances under %g um^3", int(small.sum()), n, min_volume_um3)
+            labels = np.where(small[labels], 0, labels)
+    return relabel_consecutive(labels)
+
+
+def _warn_on_markers(mask: np.ndarray, markers: np.ndarray, min_volume_um3: float,
+                     spacing: tuple[float, float, float], name: str) -> None:
+    """WARNING when NDN gave no marker inside the NSN ``mask``, or far fewer markers
+    than the mask has 6-connected components of at least ``min_volume_um3``: fewer
+    than half of them, with at least 3 left without a marker (up to 2 unmarked
+    components are polar bodies, which the watershed is meant to drop)."""
+    inside = np.unique(markers[mask])
+    n_markers = int(np.count_nonzero(inside))
+    components, n = ndimage.label(mask)
+    if n:
+        volumes = np.bincount(components.ravel())[1:] * float(np.prod(spacing))
+        n = int(np.count_nonzero(volumes >= max(min_volume_um3, 0.0)))
+    where = f"{name}: " if name else ""
+    if n_markers == 0 and n > 0:
+        logger.warning("%sNDN found no nuclear centre inside the NSN mask: falling back to the %d connected "
+                       "components of the NSN mask (touching nuclei stay merged, polar bodies are kept); check "
+                       "the NDN model or lower --ndn-threshold", where, n)
+    elif n_markers < n / 2 and n - n_markers >= 3:
+        logger.warning("%sNDN found only %d nuclear centres for %d NSN components of at least %g um^3: the "
+                       "components without a centre are dropped; check the NDN model or lower --ndn-threshold",
+                       where, n_markers, n, min_volume_um3)
+
+
+def instances_from_probabilities(nsn_prob: np.ndarray, ndn_prob: np.ndarray | None, cfg: PostprocessConfig,
+                                 spacing_zyx: Sequence[float] = (1.0, 1.0, 1.0), name: str = "") -> np.ndarray:
+    """Instance labels (z, y, x, int32, 1..N) from NSN and NDN foreground probabilities
+    (z, y, x, same shape, grid spacing ``spacing_zyx`` in um): ``prob > threshold``
+    masks, then :func:`markers_from_ndn` (``cfg.min_marker_size``),
+    :func:`watershed_instances` and :func:`drop_small_instances` (``cfg.min_volume_um3``).
+
+    Without NDN (``ndn_prob`` None) the connected components of the NSN mask. A WARNING
+    (prefixed with ``name``) says when NDN gave no marker (connected-components fallback)
+    or far fewer markers than NSN components (see :func:`_warn_on_markers`).
+    """
     nsn_prob = _check_3d("nsn_prob", nsn_prob)
-    ndn_prob = _check_3d("ndn_prob", ndn_prob)
-    if nsn_prob.shape != ndn_prob.shape:
-        raise InputError(f"ndn_prob: shape {ndn_prob.shape} differs from the NSN probability shape {nsn_prob.shape}")
-    markers = markers_from_ndn(ndn_prob > cfg.ndn_threshold, cfg.min_marker_size)
-    return watershed_instances(nsn_prob > cfg.nsn_threshold, markers, spacing_zyx)
+    spacing = _check_spacing(spacing_zyx)
+    nsn_mask = nsn_prob > cfg.nsn_threshold
+    if ndn_prob is None:
+        markers = np.zeros(nsn_mask.shape, np.int32)
+    else:
+        ndn_prob = _check_3d("ndn_prob", ndn_prob)
+        if nsn_prob.shape != ndn_prob.shape:
+            raise InputError(f"ndn_prob: shape {ndn_prob.shape} differs from the NSN probability shape "
+                             f"{nsn_prob.shape}")
+        markers = markers_from_ndn(ndn_prob > cfg.ndn_threshold, cfg.min_marker_size)
+        _warn_on_markers(nsn_mask, markers, cfg.min_volume_um3, spacing, name)
+    labels = watershed_instances(nsn_mask, markers, spacing)
+    return drop_small_instances(labels, cfg.min_volume_um3, spacing)

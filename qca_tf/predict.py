@@ -101,15 +101,14 @@ def segment(nets: Networks, volumes: Mapping[GridRecipe, np.ndarray] | np.ndarra
 
 
 def to_labels(nets: Networks, shape: tuple[int, int, int], nsn_prob: np.ndarray,
-              ndn_prob: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+              ndn_prob: np.ndarray | None, name: str = "") -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Watershed on the network grid, then labels and masks back on the original grid.
 
     Returns (labels uint16 1..N, nsn mask uint8 0/255, ndn mask uint8 0/255 or None), each ``shape``.
     """
     cfg = nets.postprocess
     spacing = (nets.spacing_um,) * 3
-    ndn_for_markers = ndn_prob if ndn_prob is not None else np.zeros_like(nsn_prob)  # no markers: components
-    labels = postprocess.instances_from_probabilities(nsn_prob, ndn_for_markers, cfg, spacing)
+    labels = postprocess.instances_from_probabilities(nsn_prob, ndn_prob, cfg, spacing, name=name)
     labels = postprocess.relabel_consecutive(preprocess.resize_labels(labels, shape))
     nsn_mask = nsn_prob > cfg.nsn_threshold
     ndn_mask = None if ndn_prob is None else ndn_prob > cfg.ndn_threshold
@@ -191,7 +190,7 @@ def _postprocess_and_write(nets: Networks, prep: Prepared, nsn_prob, ndn_prob, o
                            opts: PredictOptions, index: int) -> dict[str, float]:
     """Watershed, write labels (+ masks, quick-look) and the time point's nuclei CSV (last)."""
     t0 = time.perf_counter()
-    labels, nsn_mask, ndn_mask = to_labels(nets, prep.raw.shape, nsn_prob, ndn_prob)
+    labels, nsn_mask, ndn_mask = to_labels(nets, prep.raw.shape, nsn_prob, ndn_prob, prep.tp.name)
     t1 = time.perf_counter()
     name = prep.tp.name
     io.write_stack(out / "labels" / f"{name}.tif", labels, prep.voxel)

@@ -107,10 +107,16 @@ def test_timepoint_summary():
     assert list(s) == SUMMARY_FIELDS
     assert s == {"timepoint": 1, "count": 2, "volume_sum_um3": 30.0, "volume_mean_um3": 15.0,
                  "volume_sd_um3": 5.0, "surface_sum_um2": 80.0, "surface_mean_um2": 40.0,
-                 "surface_sd_um2": 10.0}
+                 "surface_sd_um2": 10.0, "volume_q1_um3": 12.5, "volume_median_um3": 15.0, "volume_q3_um3": 17.5,
+                 "surface_q1_um2": 35.0, "surface_median_um2": 40.0, "surface_q3_um2": 45.0}
     empty = timepoint_summary(rows, 5)
     assert empty["count"] == 0 and empty["volume_sum_um3"] == 0.0 and empty["surface_sum_um2"] == 0.0
     assert empty["volume_mean_um3"] is None and empty["surface_sd_um2"] is None
+    assert empty["volume_median_um3"] is None and empty["surface_q3_um2"] is None
+    skewed = [{"timepoint": 0, "volume_um3": v, "surface_um2": 1.0} for v in (1.0, 1.0, 1.0, 1.0, 400.0)]
+    s = timepoint_summary(skewed, 0)
+    assert s["volume_mean_um3"] - s["volume_sd_um3"] < 0  # mean - sd: an impossible negative volume
+    assert s["volume_q1_um3"] == s["volume_median_um3"] == s["volume_q3_um3"] == 1.0  # quartiles stay in the data
 
 
 def test_empty_label_image():
@@ -137,3 +143,62 @@ def test_bad_inputs():
         nucleus_table(np.ones((3, 3, 3), np.int32), VoxelSize(1, 1, 1), image=np.ones((3, 3, 4)))
     with pytest.raises(InputError, match="integers"):
         nucleus_table(np.full((3, 3, 3), 0.5), VoxelSize(1, 1, 1))
+
+
+@pytest.mark.parametrize("spacing_zyx", [(1.0, 1.0, 1.0), (1.75, 0.8, 0.8)])
+def test_sphericity_of_spheres_near_one_and_never_above(spacing_zyx):
+    """Spheres of radius 3 to 8 um at random sub-voxel offsets: sphericity within 3 % of 1
+    and never above 1."""
+    rng = np.random.default_rng(5)
+    vs = VoxelSize(x=spacing_zyx[2], y=spacing_zyx[1], z=spacing_zyx[0])
+    for radius in (3.0, 3.5, 4.0, 5.0, 6.0, 8.0):
+        shape = tuple(int(2 * radius / s) + 6 for s in spacing_zyx)
+        centre = tuple((n / 2 + rng.uniform(-0.5, 0.5)) * s for n, s in zip(shape, spacing_zyx))
+        labels = ellipsoid_mask(shape, centre, (radius,) * 3, spacing_zyx).astype(np.int32)
+        (row,) = nucleus_table(labels, vs)
+        assert row["sphericity"] is not None, radius
+        assert 0.97 <= row["sphericity"] <= 1.0, (radius, row["sphericity"])
+
+
+def test_tiny_objects_have_no_sphericity_and_a_face_surface():
+    """Fragments too small for a shape: sphericity None (an empty CSV cell), surface the
+    exposed voxel-face area; a nucleus-sized object in the same image keeps both."""
+    vs = VoxelSize(x=0.8, y=0.8, z=1.75)
+    labels = np.zeros((12, 60, 60), np.int32)
+    labels[0, 0, 0] = 1                       # one voxel, on the volume border
+    labels[5, 5, 5:7] = 2                     # two voxels along x
+    labels[3:5, 10:14, 10:14] = 3             # 32 voxels, flat
+    labels[4, 12, 14] = 4                     # one voxel touching label 3: the shared face counts for both
+    sphere = ellipsoid_mask(labels.shape, (10.5, 24.0, 24.0), (7.0, 7.0, 7.0), vs.zyx)
+    assert not labels[sphere].any()
+    labels[sphere] = 5
+    rows = {r["label"]: r for r in nucleus_table(labels, vs)}
+    yz, xz, xy = 1.75 * 0.8, 1.75 * 0.8, 0.8 * 0.8   # face areas normal to x, y, z
+    assert rows[1]["surface_um2"] == pytest.approx(2 * (yz + xz + xy))
+    assert rows[2]["surface_um2"] == pytest.approx(2 * yz + 4 * xz + 4 * xy)
+    assert rows[3]["surface_um2"] == pytest.approx(2 * 16 * xy + 4 * (2 * 4) * yz)
+    assert rows[4]["surface_um2"] == pytest.approx(2 * (yz + xz + xy))
+    for label in (1, 2, 3, 4):
+        assert rows[label]["sphericity"] is None
+    assert 0.97 <= rows[5]["sphericity"] <= 1.0
+    assert rows[5]["surface_um2"] == pytest.approx(4 * math.pi * 49, rel=0.03)
+
+
+def test_sphericity_never_exceeds_one_on_random_fragments(tmp_path):
+    """Thousands of random small objects (a weak network's output): every sphericity is
+    empty or in (0, 1], and the CSV writes the empty ones as empty cells."""
+    rng = np.random.default_rng(0)
+    from scipy import ndimage
+    noise = ndimage.gaussian_filter(rng.normal(size=(40, 60, 60)), 1.0)
+    labels, n = ndimage.label(noise > 0.15)
+    assert n > 200
+    rows = nucleus_table(labels, VoxelSize(0.8, 0.8, 1.75))
+    assert len(rows) == n
+    values = [r["sphericity"] for r in rows]
+    assert any(v is None for v in values) and any(v is not None for v in values)
+    assert all(0 < v <= 1.0 for v in values if v is not None)
+    assert all(r["surface_um2"] > 0 for r in rows)
+    write_csv(tmp_path / "n.csv", rows, NUCLEUS_FIELDS)
+    with open(tmp_path / "n.csv", newline="") as fh:
+        cells = [r["sphericity"] for r in csv.DictReader(fh)]
+    assert cells.count("") == values.count(None)

@@ -10,7 +10,8 @@ from matplotlib.image import imread
 
 from qca_tf.errors import InputError
 from qca_tf.io import VoxelSize
-from qca_tf.plots import (label_colour, outline_rgba, plot_quicklook, plot_timeseries, quicklook_figure)
+from qca_tf.plots import (MAX_LABEL_NUMBERS, MAX_POINTS_PER_TIMEPOINT, display_range, label_colour, numbered_labels,
+                          outline_rgba, plot_quicklook, plot_timeseries, quicklook_figure, timeseries_figure)
 
 
 def _summary(t, count, vol=None, vol_sd=None, surf=None, surf_sd=None):
@@ -127,3 +128,89 @@ def test_quicklook_empty_and_bad_input(tmp_path):
     assert _read_png(out).shape[0] > 100
     with pytest.raises(InputError, match="image"):
         plot_quicklook(np.zeros((3, 8, 9)), np.zeros((3, 8, 8), np.int32), out)
+
+
+def _skewed_series():
+    """Per time point: a few large nuclei and many tiny fragments, so mean - sd < 0."""
+    nuclei, summary = [], []
+    for t in range(3):
+        volumes = [400.0, 420.0, 450.0] + [2.0] * (10 + 5 * t)
+        for k, v in enumerate(volumes):
+            nuclei.append({"timepoint": t, "label": k + 1, "volume_um3": v, "surface_um2": v ** (2 / 3) * 4.8,
+                           "centroid_z_um": 1.0 * k, "centroid_y_um": 2.0, "centroid_x_um": 3.0})
+        summary.append(_summary(t, len(volumes), float(np.mean(volumes)), float(np.std(volumes)), 1.0, 1.0))
+    return summary, nuclei
+
+
+def test_timeseries_spread_respects_the_data():
+    """Volume and surface panels: the 25-75 % band and the median lie within the data
+    (never negative where mean - sd is), and every nucleus is a point."""
+    summary, nuclei = _skewed_series()
+    assert all(r["volume_mean_um3"] - r["volume_sd_um3"] < 0 for r in summary)  # what mean ± sd would draw
+    fig = timeseries_figure(summary, nuclei)
+    _, ax_volume, ax_surface = fig.axes[:3]
+    for ax, key in ((ax_volume, "volume_um3"), (ax_surface, "surface_um2")):
+        per_t = [np.array([r[key] for r in nuclei if r["timepoint"] == t]) for t in range(3)]
+        band = ax.collections[-1].get_paths()[0].vertices[:, 1]  # fill_between, drawn after the points
+        assert band.min() >= min(v.min() for v in per_t) - 1e-9
+        assert band.max() <= max(v.max() for v in per_t) + 1e-9
+        (median_line,) = ax.get_lines()
+        np.testing.assert_allclose(median_line.get_ydata(), [np.median(v) for v in per_t])
+        points = np.concatenate([c.get_offsets()[:, 1] for c in ax.collections[:-1]])
+        assert sorted(points) == pytest.approx(sorted(np.concatenate(per_t)))
+        assert ax.get_ylim()[0] == 0.0
+
+
+def test_timeseries_caps_points_per_timepoint():
+    n = MAX_POINTS_PER_TIMEPOINT + 250
+    nuclei = [{"timepoint": 0, "label": k, "volume_um3": 1.0 + k, "surface_um2": 5.0, "centroid_z_um": 0.0,
+               "centroid_y_um": 0.0, "centroid_x_um": float(k)} for k in range(n)]
+    fig = timeseries_figure([_summary(0, n, 1.0, 1.0, 5.0, 0.0)], nuclei)
+    ax_volume = fig.axes[1]
+    assert len(ax_volume.collections[0].get_offsets()) == MAX_POINTS_PER_TIMEPOINT
+    assert "random nuclei drawn" in ax_volume.get_title()
+    (median_line,) = ax_volume.get_lines()
+    assert median_line.get_ydata()[0] == pytest.approx(np.median(1.0 + np.arange(n)))  # from all nuclei
+
+
+def test_display_range_does_not_saturate_a_max_projection():
+    """A textured bright object in a max projection: the projection's own range clips
+    almost none of its pixels and spreads them over the grey levels (texture visible)."""
+    rng = np.random.default_rng(2)
+    volume = rng.normal(100, 5, (40, 50, 50))
+    volume[20, 10:32, 10:32] = rng.uniform(500, 1500, (22, 22))  # one bright slab, textured
+    projection = volume.max(axis=0)
+    vmin, vmax = display_range(projection)
+    nuclear = projection[10:32, 10:32]
+    assert np.mean(nuclear >= vmax) < 0.02
+    assert np.ptp(np.clip((nuclear - vmin) / (vmax - vmin), 0, 1)) > 0.5
+    assert vmin < 110 and display_range(np.full((4, 4), 7.0)) == (7.0, 8.0)
+    assert display_range(np.full((4, 4), np.nan)) == (0.0, 1.0)
+
+
+def test_quicklook_draws_a_capped_number_of_labels():
+    rng = np.random.default_rng(4)
+    labels = np.zeros((4, 60, 60), np.int32)
+    positions = [(y, x) for y in range(1, 59, 3) for x in range(1, 59, 3)]  # 400 separate specks
+    for k, (y, x) in enumerate(positions, start=1):
+        labels[1, y, x] = k
+    labels[1:3, 20:30, 20:30] = 999  # one big object among them
+    image = rng.normal(100, 5, labels.shape).astype(np.float32)
+    n_ids = len(np.unique(labels)) - 1
+    assert n_ids > MAX_LABEL_NUMBERS
+    fig = quicklook_figure(image, labels, title="t7")
+    for ax in fig.axes:
+        numbers = [int(t.get_text()) for t in ax.texts]
+        assert len(numbers) == MAX_LABEL_NUMBERS
+        assert 999 in numbers
+    assert fig.get_suptitle() == f"t7\nnumbers on the {MAX_LABEL_NUMBERS} largest of {n_ids} objects"
+    few = np.where(labels == 999, 1, 0)
+    fig = quicklook_figure(image, few, title="t7")
+    assert [t.get_text() for t in fig.axes[0].texts] == ["1"] and fig.get_suptitle() == "t7"
+
+
+def test_numbered_labels_prefers_the_largest():
+    ids = np.array([3, 5, 8, 9])
+    np.testing.assert_array_equal(numbered_labels(ids, np.array([10, 40, 40, 5]), cap=2), [5, 8])
+    np.testing.assert_array_equal(numbered_labels(ids, np.array([10, 40, 1, 40]), cap=3), [3, 5, 9])
+    np.testing.assert_array_equal(numbered_labels(ids, np.ones(4), cap=10), ids)

@@ -1,14 +1,16 @@
 """Post-processing on hand-built masks with known answers."""
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 from scipy import ndimage
 
 from qca_tf.config import PostprocessConfig
 from qca_tf.errors import InputError
-from qca_tf.postprocess import (instances_from_probabilities, markers_from_ndn, relabel_consecutive,
-                                watershed_instances)
+from qca_tf.postprocess import (drop_small_instances, instances_from_probabilities, markers_from_ndn,
+                                relabel_consecutive, watershed_instances)
 
 
 def _distance(shape, centre, spacing=(1.0, 1.0, 1.0)):
@@ -105,7 +107,7 @@ def test_probability_thresholds_are_strict():
     nsn[2:4, 2:4, 2:4] = 0.6
     ndn = np.zeros_like(nsn)
     ndn[2:4, 2:4, 2:4] = 0.7
-    labels = instances_from_probabilities(nsn, ndn, PostprocessConfig(), (1, 1, 1))
+    labels = instances_from_probabilities(nsn, ndn, PostprocessConfig(min_volume_um3=0), (1, 1, 1))
     assert labels.sum() == 8
 
 
@@ -148,3 +150,101 @@ def test_bad_inputs():
         markers_from_ndn(np.ones((4, 4)))
     with pytest.raises(InputError, match="spacing"):
         watershed_instances(np.ones((4, 4, 4)), np.ones((4, 4, 4)), (1.0, 0.0, 1.0))
+
+
+def test_drop_small_instances_in_physical_units():
+    """Volumes on a 2.0 x 0.5 x 0.5 um grid (0.5 um^3 per voxel): 40 voxels = 20 um^3."""
+    labels = np.zeros((6, 20, 20), np.int32)
+    labels[0:2, 0:4, 0:5] = 3      # 40 voxels = 20.0 um^3: kept (not below the minimum)
+    labels[3:5, 0:3, 0:6] = 9      # 36 voxels = 18.0 um^3: dropped
+    labels[0:6, 10:20, 10:20] = 4  # 600 voxels = 300 um^3: kept
+    labels[5, 0, 19] = 12          # 1 voxel: dropped
+    out = drop_small_instances(labels, 20.0, (2.0, 0.5, 0.5))
+    assert out.dtype == np.int32 and out.max() == 2
+    np.testing.assert_array_equal(out == 1, labels == 3)  # ids keep their order: 3 -> 1, 4 -> 2
+    np.testing.assert_array_equal(out == 2, labels == 4)
+    assert not out[labels == 9].any() and out[5, 0, 19] == 0
+    # isotropic 1 um grid: 36 and 40 um^3 both stay; 0 keeps everything
+    assert drop_small_instances(labels, 20.0).max() == 3
+    np.testing.assert_array_equal(drop_small_instances(labels, 0.0), relabel_consecutive(labels))
+    with pytest.raises(InputError, match="min_volume"):
+        drop_small_instances(labels, -1.0)
+
+
+def test_min_volume_after_watershed():
+    """Fragments of the NSN mask that catch a marker (a weak network's specks) are not nuclei."""
+    mask, markers = _two_touching_spheres()  # two spheres of radius 7 (about 1400 voxels each)
+    nsn = mask.astype(np.float32) * 0.9
+    ndn = (markers > 0).astype(np.float32) * 0.9
+    rng = np.random.default_rng(3)
+    specks = np.zeros(mask.shape, bool)
+    for z, y, x in zip(*(rng.integers(0, n, 40) for n in mask.shape)):
+        if not mask[max(z - 1, 0):z + 2, max(y - 1, 0):y + 2, max(x - 1, 0):x + 2].any():
+            specks[z, y, x] = True  # isolated single voxels, each with its own centre
+    assert specks.sum() > 20
+    nsn[specks], ndn[specks] = 0.9, 0.9
+    spacing = (0.8, 0.8, 0.8)  # 0.512 um^3 per voxel: a speck is 0.5 um^3, a sphere ~180 um^3
+    all_kept = instances_from_probabilities(nsn, ndn, PostprocessConfig(min_volume_um3=0), spacing)
+    assert all_kept.max() == 2 + specks.sum()
+    cleaned = instances_from_probabilities(nsn, ndn, PostprocessConfig(), spacing)  # default 20 um^3
+    assert cleaned.max() == 2
+    np.testing.assert_array_equal(cleaned > 0, mask)
+
+
+def _warnings(caplog):
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+
+def test_warns_when_ndn_gives_no_marker(caplog):
+    mask, _ = _two_touching_spheres()
+    nsn = mask.astype(np.float32) * 0.9
+    with caplog.at_level(logging.WARNING, logger="qca_tf"):
+        labels = instances_from_probabilities(nsn, np.zeros_like(nsn), PostprocessConfig(), name="t0007")
+    assert labels.max() == 1  # the fused pair stays one component
+    (message,) = _warnings(caplog)
+    assert message.startswith("t0007: NDN found no nuclear centre") and "1 connected components" in message
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="qca_tf"):  # NSN only (no NDN given): no warning
+        instances_from_probabilities(nsn, None, PostprocessConfig())
+    assert _warnings(caplog) == []
+
+
+def _blobs(n, spacing_um=4):
+    """n separate 3 x 3 x 3 cubes on a line (27 um^3 each at 1 um voxels) and their centres."""
+    mask = np.zeros((5, 5, n * spacing_um + 2), bool)
+    centres = np.zeros(mask.shape, bool)
+    for i in range(n):
+        mask[1:4, 1:4, 1 + i * spacing_um:4 + i * spacing_um] = True
+        centres[2, 2, 2 + i * spacing_um] = True
+    return mask, centres
+
+
+@pytest.mark.parametrize("n_components, n_centres, warn", [
+    (10, 10, False), (10, 5, False),  # half of the components found: no warning
+    (10, 4, True), (10, 1, True),     # far fewer centres than components
+    (3, 1, False), (4, 2, False),     # a zygote or 2-cell with polar bodies: up to 2 unmarked is normal
+    (4, 1, True), (5, 1, True)])
+def test_warns_when_ndn_gives_far_fewer_markers(caplog, n_components, n_centres, warn):
+    mask, centres = _blobs(n_components)
+    x = np.arange(mask.shape[2])
+    centres[:, :, x > 2 + (n_centres - 1) * 4] = False  # keep the first n_centres centres
+    nsn, ndn = mask.astype(np.float32) * 0.9, centres.astype(np.float32) * 0.9
+    with caplog.at_level(logging.WARNING, logger="qca_tf"):
+        labels = instances_from_probabilities(nsn, ndn, PostprocessConfig(), (1, 1, 1), name="tp")
+    assert labels.max() == n_centres
+    messages = _warnings(caplog)
+    if warn:
+        assert messages == [f"tp: NDN found only {n_centres} nuclear centres for {n_components} NSN components of "
+                            "at least 20 um^3: the components without a centre are dropped; check the NDN model "
+                            "or lower --ndn-threshold"]
+    else:
+        assert messages == []
+
+
+def test_fragments_do_not_count_as_components_for_the_warning(caplog):
+    mask, centres = _blobs(2)
+    mask[4, 4, 0::2] = True  # separate one-voxel specks: under the minimum volume, not nuclei
+    nsn, ndn = mask.astype(np.float32) * 0.9, centres.astype(np.float32) * 0.9
+    with caplog.at_level(logging.WARNING, logger="qca_tf"):
+        assert instances_from_probabilities(nsn, ndn, PostprocessConfig(), (1, 1, 1)).max() == 2
+    assert _warnings(caplog) == []

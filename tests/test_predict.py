@@ -65,6 +65,27 @@ def test_predicted_instances_match_ground_truth(predicted, synth_dataset):
     assert np.mean(recalls) >= 0.9
 
 
+def test_min_volume_option(predicted, trained_bundle, synth_dataset, tmp_path):
+    """--min-volume (um^3) drops the instances under it; the default (20 um^3) is recorded."""
+    out, _ = predicted
+    bundle, _ = trained_bundle
+    root, _ = synth_dataset
+    assert json.loads((out / "run.json").read_text())["postprocess"]["min_volume_um3"] == 20.0
+    volumes = sorted(float(r["volume_um3"]) for r in csv.DictReader(open(out / "nuclei.csv")) if r["name"] == "t0000")
+    assert len(volumes) >= 3 and volumes[0] >= 20.0
+    gap = int(np.argmax(np.diff(volumes)))  # a threshold in the widest gap: resampling cannot move a nucleus across
+    threshold = (volumes[gap] + volumes[gap + 1]) / 2
+    res = invoke("predict", root / "images" / "t0000.tif", "--model", bundle, "--out", tmp_path / "o",
+                 "--min-volume", threshold, "--no-quicklook")
+    assert res.exit_code == 0, res.output
+    kept = [float(r["volume_um3"]) for r in csv.DictReader(open(tmp_path / "o" / "nuclei.csv"))]
+    assert sorted(kept) == pytest.approx(volumes[gap + 1:])
+    assert json.loads((tmp_path / "o" / "run.json").read_text())["postprocess"]["min_volume_um3"] == threshold
+    refused = invoke("predict", root / "images", "--model", bundle, "--out", tmp_path / "p", "--min-volume", -1)
+    assert refused.exit_code == 2 and "Invalid value for '--min-volume'" in refused.output  # click's usage error
+    assert not (tmp_path / "p").exists()
+
+
 def test_rerun_skips_finished_and_overwrite_redoes(predicted, trained_bundle, synth_dataset, tmp_path):
     out, _ = predicted
     bundle, _ = trained_bundle
