@@ -196,14 +196,18 @@ def _parse_shard(value: str | None) -> tuple[int, int]:
 @click.option("--max-memory", type=float, default=4.0, show_default=True,
               help="Memory budget (GB) that decides whole-volume vs tiled prediction.")
 @click.option("--batch-size", type=click.IntRange(1), default=1, show_default=True, help="Tiles per batch.")
-@click.option("--jit", is_flag=True, help="Compile the networks with XLA.")
+@click.option("--jit", is_flag=True, help="Compile the networks with XLA (GPU only: ignored on a CPU, where it is "
+              "about 10x slower).")
+@click.option("--engine", type=click.Choice(["auto", "tensorflow", "openvino"]), default="auto", show_default=True,
+              help="auto: OpenVINO on a CPU where it is installed (bf16 on CPUs with AMX/AVX512_BF16), "
+                   "TensorFlow on a GPU.")
 @click.option("--save-masks", is_flag=True, help="Also write the NSN and NDN masks (OUT/nsn, OUT/ndn).")
 @click.option("--no-quicklook", is_flag=True, help="Skip the per-time-point quick-look PNGs.")
 @click.option("--overwrite", is_flag=True, help="Redo time points that are already finished.")
 @click.option("--shard", default=None, metavar="I/N", help="Process every N-th time point starting at I (job arrays).")
 @click.option("--sequential", is_flag=True, help="Do not overlap reading/watershed with the networks.")
 def predict(inputs, out_dir: Path, bundle, nsn, ndn, voxel_size, nsn_threshold, ndn_threshold, min_marker_size,
-            precision, tile, max_memory, batch_size, jit, save_masks, no_quicklook, overwrite, shard,
+            precision, tile, max_memory, batch_size, jit, engine, save_masks, no_quicklook, overwrite, shard,
             sequential) -> None:
     """Segment INPUTS (3D TIFFs, 4D t-z-y-x TIFFs or folders) into instance labels and criteria.
 
@@ -220,17 +224,25 @@ def predict(inputs, out_dir: Path, bundle, nsn, ndn, voxel_size, nsn_threshold, 
     if bundle is None and nsn is None:
         raise click.UsageError("give --model BUNDLE_DIR or --nsn DIR (and --ndn DIR)")
     _tensorflow()
+    from qca_tf import engines
     from qca_tf.infer import resolve_precision
     from qca_tf.predict import PredictOptions, load_networks, predict_series
 
-    policy = resolve_precision(precision)
-    nets = load_networks(nsn=nsn, ndn=ndn, bundle=bundle, precision=policy)
+    engine = engines.resolve_engine(engine)
+    jit = engines.use_jit(jit, engine)
+    if engine == "openvino":  # OpenVINO converts the float32 network and runs it at its own precision
+        policy = engines.openvino_precision(precision)
+        nets = load_networks(nsn=nsn, ndn=ndn, bundle=bundle, precision="float32")
+    else:
+        policy = resolve_precision(precision)
+        nets = load_networks(nsn=nsn, ndn=ndn, bundle=bundle, precision=policy)
+    log.debug("engine %s, precision %s", engine, policy)
     overrides = {k: v for k, v in {"nsn_threshold": nsn_threshold, "ndn_threshold": ndn_threshold,
                                    "min_marker_size": min_marker_size}.items() if v is not None}
     if overrides:
         nets.postprocess = dataclasses.replace(nets.postprocess, **overrides)
     infer_cfg = InferenceConfig(precision=policy, tile=tuple(tile) if tile else None, max_memory_gb=max_memory,
-                                jit=jit, batch_size=batch_size)
+                                jit=jit, batch_size=batch_size, engine=engine)
     opts = PredictOptions(save_masks=save_masks, quicklook=not no_quicklook, overwrite=overwrite, shard=shard_t,
                           voxel_size=VoxelSize.from_xyz(voxel_size) if voxel_size else None,
                           pipelined=not sequential)
