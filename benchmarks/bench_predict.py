@@ -251,8 +251,9 @@ def bench_networks(args: argparse.Namespace, machine: dict[str, Any], volume: np
             base = nets[task]
             lm = precision_model(base, precision) if engine == "tensorflow" else base
             cfg = InferenceConfig(engine=engine, precision=precision)
-            w_first, _, prob = timed(lambda: infer.predict_probabilities(lm, volume, cfg))
-            best_w = best_c = math.inf
+            w_build, _, _ = timed(lambda: infer.forward(lm, cfg))  # OpenVINO: export, convert, compile
+            w_first, c_first, prob = timed(lambda: infer.predict_probabilities(lm, volume, cfg))
+            best_w, best_c = (math.inf, math.inf) if args.repeats else (w_first, c_first)
             for _ in range(args.repeats):
                 w, c, prob = timed(lambda: infer.predict_probabilities(lm, volume, cfg))
                 best_w, best_c = min(best_w, w), min(best_c, c)
@@ -262,13 +263,13 @@ def bench_networks(args: argparse.Namespace, machine: dict[str, Any], volume: np
             padded = preprocess.pad_to_multiple(volume, base.model_cfg.multiple)[0].shape
             gflop = models.flops(base.model_cfg, padded) / 1e9
             row["networks"][task] = {
-                "first_call_s": w_first, "seconds": best_w, "cpu_seconds": best_c, "gflop": gflop,
+                "build_s": w_build, "first_call_s": w_first, "seconds": best_w, "cpu_seconds": best_c, "gflop": gflop,
                 "gflops": gflop / best_w,
                 "peak_fraction": gflop / best_w / machine["peak_gflops"] if machine["peak_gflops"] else None,
                 "agreement_vs_tf_float32": float((mask == reference_masks[task]).mean()),
                 "foreground": float(mask.mean())}
-            log.info("networks: %s %s: first %.2f s, best %.2f s (%.1f GFLOP/s), agreement %.6f", name, task,
-                     w_first, best_w, gflop / best_w, row["networks"][task]["agreement_vs_tf_float32"])
+            log.info("networks: %s %s: build %.2f s, first %.2f s, best %.2f s (%.1f GFLOP/s), agreement %.6f",
+                     name, task, w_build, w_first, best_w, gflop / best_w, row["networks"][task]["agreement_vs_tf_float32"])
         row["seconds_both"] = sum(n["seconds"] for n in row["networks"].values())
         out[name] = row
     return out
@@ -416,20 +417,28 @@ def run_command(inputs: list[str], bundle: Path, out: Path, args: argparse.Names
             "timepoints": len(run["processed"])}
 
 
-def bench_command(args: argparse.Namespace, bundle: Path, tmp: Path, env: dict[str, str]) -> dict[str, Any]:
+def bench_command(args: argparse.Namespace, bundle: Path, tmp: Path, env: dict[str, str],
+                  nets: dict[str, Any]) -> dict[str, Any]:
     """``qca-tf predict`` as a user types it, in subprocesses: one stack with the default
     engine (auto) with an empty conversion cache (first run) and again (cached), one stack
     with ``--engine tensorflow``, and a ``--series`` time series of copies of the stack
     (per time point: wall / time points)."""
-    from qca_tf import io
+    from qca_tf import engines, io
 
     image = args.image
     res: dict[str, Any] = {}
-    res["stack_first"] = run_command([image], bundle, tmp / "cmd-first", args, env, [])
-    res["stack"] = run_command([image], bundle, tmp / "cmd-cached", args, env, [])
-    if res["stack"]["engine"] != "tensorflow":
+    runs = args.command_runs
+    if "cold" in runs:
+        res["stack_cold"] = run_command([image], bundle, tmp / "cmd-cold", args, {**env, "QCA_TF_CACHE": str(
+            tmp / "cache-cold")}, [])
+    if engines.openvino_import_error() is None:  # the bundle's conversions in the cache (part 1 may have done it)
+        for lm in nets.values():
+            engines.converted_model(lm)
+    if "cached" in runs:
+        res["stack"] = run_command([image], bundle, tmp / "cmd-cached", args, env, [])
+    if "tensorflow" in runs and not engines.has_gpu():  # on a GPU, auto is TensorFlow already
         res["stack_tensorflow"] = run_command([image], bundle, tmp / "cmd-tf", args, env, ["--engine", "tensorflow"])
-    if args.series_points:
+    if args.series_points and "series" in runs:
         folder = tmp / "series-images"
         folder.mkdir()
         raw = io.read_stack(image)
@@ -553,15 +562,17 @@ def print_report(res: dict[str, Any]) -> None:
               "BN statistics")
     nets = res.get("networks")
     if nets:
-        print("\n## 1. networks, whole volume, per engine and precision (best of --repeats after one first call)")
-        print(f"{'engine precision':30} {'net':4} {'first s':>8} {'s':>7} {'GFLOP':>6} {'GFLOP/s':>8} "
+        print("\n## 1. networks, whole volume, per engine and precision (s: best of --repeats calls after the first; "
+              "with --repeats 0 the first)")
+        print(f"{'engine precision':30} {'net':4} {'build s':>8} {'first s':>8} {'s':>7} {'GFLOP':>6} {'GFLOP/s':>8} "
               f"{'of peak':>7} {'agree':>9}")
         for name, row in nets.items():
             for task, n in row["networks"].items():
-                print(f"{name:30} {task:4} {n['first_call_s']:8.2f} {n['seconds']:7.2f} {n['gflop']:6.0f} "
+                print(f"{name:30} {task:4} {n['build_s']:8.2f} {n['first_call_s']:8.2f} {n['seconds']:7.2f} {n['gflop']:6.0f} "
                       f"{n['gflops']:8.1f} {fmt(n['peak_fraction'], '7.2f'):>7} {n['agreement_vs_tf_float32']:9.6f}")
-            print(f"{name:30} both {'':8} {row['seconds_both']:7.2f}")
-        print("(agree: fraction of mask voxels equal to TensorFlow float32's)")
+            print(f"{name:30} both {'':17} {row['seconds_both']:7.2f}")
+        print("(build: compiled pass made, OpenVINO export + conversion + compilation; agree: fraction of mask "
+              "voxels equal to TensorFlow float32's)")
     ref = res.get("reference")
     if ref:
         est = ref["patches_timed"] < ref["patches"]
@@ -592,7 +603,7 @@ def print_report(res: dict[str, Any]) -> None:
             t = r["timings"]
             print(f"{label:26} {str(r['engine']) + ' ' + r['precision']:26} {r['timepoints']:4d} {r['wall_s']:8.1f} "
                   f"{r['wall_s'] / r['timepoints']:7.1f} {t['networks']:8.1f} {t['watershed']:9.2f} {t['write']:7.2f}")
-        if ref:
+        if ref and "stack" in cmd:
             print(f"reference networks alone / whole command (one stack, cached): "
                   f"{ref['seconds_both'] / cmd['stack']['wall_s']:.1f}x (target >= 8)")
             if "series" in cmd:
@@ -637,7 +648,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--foreground", nargs=2, type=float, default=[0.025, 0.0005], metavar=("NSN", "NDN"),
                    help="random-weight networks: foreground fraction their head bias is calibrated to "
                         "(the example embryo's ground truth: 0.023 and 0.00035)")
-    p.add_argument("--repeats", type=int, default=1, help="timed calls per engine in part 1 after the first")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="timed calls per engine in part 1 after the first (0: report the first call)")
+    p.add_argument("--command-runs", nargs="+", choices=["cold", "cached", "tensorflow", "series"],
+                   default=["cold", "cached", "tensorflow", "series"],
+                   help="part-4 commands: one stack with an empty conversion cache, with it, with --engine "
+                        "tensorflow, and the --series-points series")
     p.add_argument("--all-precisions", action="store_true",
                    help="also time bf16 variants on a CPU without bf16 units (slow there)")
     p.add_argument("--reference-patches", type=int, default=0,
@@ -660,8 +676,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--child-bundle", help=argparse.SUPPRESS)
     p.add_argument("--child-engine", default="auto", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.repeats < 1 or args.timepoints < 1 or args.series_points < 0:
-        p.error("--repeats and --timepoints must be >= 1, --series-points >= 0")
+    if args.repeats < 0 or args.timepoints < 1 or args.series_points < 0:
+        p.error("--repeats must be >= 0, --timepoints >= 1, --series-points >= 0")
     if not all(0 < f < 1 for f in args.foreground):
         p.error("--foreground fractions must be in (0, 1)")
     return args
@@ -709,7 +725,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_reference:
             res["reference"] = bench_reference(args, volume, nets, ours)
         if not args.skip_command:
-            res["command"] = bench_command(args, tmp / "bundle", tmp, env)
+            res["command"] = bench_command(args, tmp / "bundle", tmp, env, nets)
         if not args.skip_startup:  # after the command, so the conversion cache is warm
             res["startup"] = {"auto": bench_startup(args, tmp / "bundle", env, "auto")}
     if not args.skip_series:
@@ -717,11 +733,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_memory:
         res["memory"] = bench_memory(args)
     res["environment"]["loadavg_end"] = " ".join(f"{v:.2f}" for v in os.getloadavg())
-    print_report(res)
-    if args.json:
+    if args.json:  # before the tables, so a printing problem loses no figure
         from qca_tf.config import write_json_atomic
 
         write_json_atomic(args.json, res)
+    print_report(res)
     return 0
 
 

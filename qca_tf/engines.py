@@ -149,10 +149,20 @@ def openvino_precision(requested: str, *, bf16_units: bool | None = None) -> str
         raise ConfigError(f"--precision {requested!r}: choose auto, float32, mixed_float16 or mixed_bfloat16")
     if requested == "float32":
         return "float32"
-    units = has_bf16_units() if bf16_units is None else bf16_units
+    units = _machine_bf16() if bf16_units is None else bf16_units
     if requested == "mixed_bfloat16" and not units:
-        log.warning("this CPU has no bf16 units (AMX / AVX512_BF16): OpenVINO runs float32")
+        _warn_once("this CPU has no bf16 units (AMX / AVX512_BF16): OpenVINO runs float32")
     return "mixed_bfloat16" if units else "float32"
+
+
+@functools.lru_cache(maxsize=None)
+def _machine_bf16() -> bool:
+    return has_bf16_units()
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_once(message: str) -> None:
+    log.warning(message)
 
 
 def use_jit(jit: bool, engine: str, *, gpu: bool | None = None) -> bool:
@@ -168,7 +178,6 @@ def use_jit(jit: bool, engine: str, *, gpu: bool | None = None) -> bool:
                     XLA_CPU_SLOWDOWN)
         return False
     return True
-
 
 
 # ------------------------------------------------------------------ forward passes
@@ -201,12 +210,11 @@ def tensorflow_forward(loaded: Any, jit: bool = False) -> Forward:
     if key not in loaded.forward_cache:
         if jit and not has_gpu():
             log.warning("XLA (jit) on a CPU: measured %s slower than without it", XLA_CPU_SLOWDOWN)
-        if isinstance(model, SavedModelWrapper):
-            def call(x):
-                return tf.cast(model(x)[..., 1], tf.float32)
-        else:
-            def call(x):
-                return tf.cast(model(x, training=False)[..., 1], tf.float32)
+        saved = isinstance(model, SavedModelWrapper)
+
+        def call(x):
+            probs = model(x) if saved else model(x, training=False)
+            return tf.cast(probs[..., 1], tf.float32)  # mixed precision models end in float32 already
         spec = tf.TensorSpec([None, None, None, None, loaded.model_cfg.input_channels], tf.float32)
         loaded.forward_cache[key] = tf.function(call, jit_compile=bool(jit), input_signature=[spec])
     fn = loaded.forward_cache[key]
