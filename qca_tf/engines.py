@@ -288,7 +288,8 @@ def converted_model(loaded: Any) -> Path:
     from .modelio import SavedModelWrapper
 
     if not isinstance(loaded.model, SavedModelWrapper):
-        policy = getattr(getattr(loaded.model, "dtype_policy", None), "name", "float32")
+        policies = {getattr(getattr(layer, "dtype_policy", None), "name", "float32") for layer in loaded.model.layers}
+        policy = next((p for p in sorted(policies) if p != "float32"), "float32")
         if policy != "float32":
             raise ConfigError(f"the openvino engine needs the network loaded as float32, not {policy}; "
                               "load it with precision float32 (its own precision is the engine's)")
