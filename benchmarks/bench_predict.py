@@ -1,12 +1,17 @@
-"""Prediction benchmark: our whole-volume inference vs the reference sliding window,
-pipelined vs sequential time-series prediction, and peak memory of a large volume.
+"""Prediction benchmark: how fast `qca-tf predict` is, part by part, against the
+reference QCANet sliding window, on one stack and on a time series.
 
 Run from the repository root::
 
     .venv/bin/python benchmarks/bench_predict.py --image ../shared/data/qcanet-example-8cell/image.tif
 
-Figures go to stdout as a table (and to ``--json PATH``); progress goes to stderr.
-See benchmarks/README.md for what every figure means.
+Parts (each can be skipped with --skip-PART): 1 networks per engine and precision,
+2 the reference sliding window (same networks), 3 startup in a fresh process,
+4 the whole `qca-tf predict` command in subprocesses (one stack; a --series-points
+series), 5 pipelined vs sequential in-process series, 6 peak memory of a large volume.
+The networks are the NSN and NDN presets with seeded random weights and calibrated BN
+statistics, saved as a bundle for the command. `--device gpu` runs it on a GPU.
+Figures go to stdout (and --json PATH); progress to stderr. See benchmarks/README.md.
 """
 from __future__ import annotations
 
@@ -100,7 +105,7 @@ def random_model(cfg: Any, task: str, seed: int, calib_volume: np.ndarray | None
     return LoadedModel(model, cfg, task, SPACING_UM, Path(f"<random {task} seed {seed}>"))
 
 
-# ------------------------------------------------------------------ part 1: reference vs ours
+# ------------------------------------------------------------------ reference plan, timing, input
 
 
 def reference_plan(shape: tuple[int, int, int]) -> tuple[list[tuple[int, int]], list[int]]:
@@ -111,27 +116,6 @@ def reference_plan(shape: tuple[int, int, int]) -> tuple[list[tuple[int, int]], 
     steps = [math.ceil(n / REF_STRIDE) for n in shape]
     pads = [(sh, REF_STRIDE * s + REF_STRIDE - n - sh) for n, s in zip(shape, steps)]
     return pads, steps
-
-
-def reference_predict(forward: Any, volume: np.ndarray) -> np.ndarray:
-    """The reference tool's sliding window (test_nsn/test_ndn): mirror-extend, run every 96^3
-    patch at stride 48 (batch 1), keep the centre 48^3 of each patch's foreground probability,
-    place it at the patch's stride position, crop to the volume. Returns (z, y, x) float32
-    probabilities; the reference's argmax mask is ``prob > 0.5`` (two-class softmax)."""
-    from qca_tf.preprocess import mirror_pad
-
-    pads, steps = reference_plan(volume.shape)
-    padded = mirror_pad(volume.astype(np.float32, copy=False), pads)
-    out = np.empty([REF_STRIDE * s for s in steps], np.float32)
-    lo, hi = REF_STRIDE // 2, REF_STRIDE // 2 + REF_STRIDE
-    for iz in range(steps[0]):
-        for iy in range(steps[1]):
-            for ix in range(steps[2]):
-                z, y, x = iz * REF_STRIDE, iy * REF_STRIDE, ix * REF_STRIDE
-                patch = padded[z:z + REF_PATCH, y:y + REF_PATCH, x:x + REF_PATCH]
-                prob = forward(patch[None, ..., None])[0]
-                out[z:z + REF_STRIDE, y:y + REF_STRIDE, x:x + REF_STRIDE] = prob[lo:hi, lo:hi, lo:hi]
-    return out[:volume.shape[0], :volume.shape[1], :volume.shape[2]]
 
 
 def timed(fn: Any) -> tuple[float, float, Any]:
@@ -154,11 +138,154 @@ def load_volume(args: argparse.Namespace) -> tuple[np.ndarray, str, Any]:
     return raw, f"synthetic embryo {raw.shape} {raw.dtype} (seed {args.seed})", voxel
 
 
-def bench_reference(args: argparse.Namespace) -> dict[str, Any]:
-    """Part 1: ours vs the reference sliding window on one volume, per network and combined."""
+# ------------------------------------------------------------------ machine
+
+
+def machine_info(args: argparse.Namespace) -> dict[str, Any]:
+    """CPU model, logical CPUs, bf16 units, GPU, and the float32 peak (GFLOP/s) the
+    achieved throughput is compared with: ``--peak-gflops``, or CPUs x GHz x float32
+    FLOPs per cycle (32 with AVX2 + FMA: two 8-lane FMA pipes; 64 with AVX-512 and two
+    FMA pipes; the GHz is the highest ``cpu MHz`` in /proc/cpuinfo, or ``--cpu-ghz``)."""
+    from qca_tf import engines
+
+    flags = engines.cpu_flags()
+    model, mhz = "unknown", []
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name") and model == "unknown":
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("cpu MHz"):
+                mhz.append(float(line.split(":", 1)[1]))
+    except OSError:
+        pass
+    cpus = len(os.sched_getaffinity(0))
+    ghz = args.cpu_ghz or (max(mhz) / 1000 if mhz else None)
+    per_cycle = 64 if "avx512f" in flags else 32 if {"avx2", "fma"} <= flags else 16
+    peak = args.peak_gflops or (cpus * ghz * per_cycle if ghz else None)
+    ov_error = engines.openvino_import_error()
+    info = {"cpu": model, "cpus": cpus, "ghz": ghz, "flops_per_cycle": per_cycle, "peak_gflops": peak,
+            "peak_source": "--peak-gflops" if args.peak_gflops else f"{cpus} CPUs x {ghz} GHz x {per_cycle}",
+            "avx512": "avx512f" in flags, "bf16_flags": sorted(engines.BF16_FLAGS & flags),
+            "openvino": None if ov_error else _openvino_version(), "openvino_error": ov_error,
+            "gpu": engines.has_gpu()}
+    if not ov_error:
+        info["openvino_capabilities"] = sorted(engines.openvino_capabilities())
+        info["bf16_units"] = engines.has_bf16_units()
+    return info
+
+
+def _openvino_version() -> str:
+    import openvino
+
+    return openvino.__version__
+
+
+def variants(machine: dict[str, Any], args: argparse.Namespace) -> list[tuple[str, str]]:
+    """(engine, precision) pairs to time: TensorFlow float32 always; on a GPU TensorFlow
+    mixed_float16; on a CPU with bf16 units (or ``--all-precisions``) TensorFlow
+    mixed_bfloat16; OpenVINO float32, and bf16 where the CPU has bf16 units, when installed."""
+    out = [("tensorflow", "float32")]
+    if machine["gpu"]:
+        out.append(("tensorflow", "mixed_float16"))
+    elif machine.get("bf16_units") or args.all_precisions:
+        out.append(("tensorflow", "mixed_bfloat16"))
+    if machine["openvino"] and not (machine["gpu"] and args.device == "gpu"):
+        out.append(("openvino", "float32"))
+        if machine.get("bf16_units") or args.all_precisions:
+            out.append(("openvino", "mixed_bfloat16"))
+    return out
+
+
+# ------------------------------------------------------------------ models
+
+
+def make_bundle(args: argparse.Namespace, volume: np.ndarray, folder: Path) -> dict[str, Any]:
+    """Seeded random preset NSN and NDN, calibrated on ``volume`` (see :func:`random_model`),
+    saved as model folders and a bundle in ``folder`` for ``qca-tf predict``. Returns
+    {task: LoadedModel} of the float32 networks (the same weights as the folders)."""
+    from qca_tf import predict
+    from qca_tf.config import PRESETS, ModelConfig, PostprocessConfig
+    from qca_tf.modelio import save_model_folder
+
+    loaded = {}
+    for task in ("nsn", "ndn"):
+        fg = args.foreground[task == "ndn"]
+        cfg = PRESETS[task] if args.models == "preset" else ModelConfig(name=task, depth=2, init_channels=4)
+        lm = random_model(cfg, task, args.seed, volume, fg)
+        save_model_folder(folder / task, lm.model, task=task, model_cfg=lm.model_cfg, spacing_um=SPACING_UM)
+        lm.folder = folder / task
+        loaded[task] = lm
+    predict.save_bundle(folder, PostprocessConfig())
+    return loaded
+
+
+def precision_model(loaded: Any, policy: str) -> Any:
+    """``loaded`` rebuilt under the Keras dtype ``policy`` with the same weights."""
+    from qca_tf import models
+    from qca_tf.modelio import LoadedModel
+
+    if policy == "float32":
+        return loaded
+    model = models.build_unet(loaded.model_cfg, dtype_policy=policy)
+    model.set_weights(loaded.model.get_weights())
+    return LoadedModel(model, loaded.model_cfg, loaded.task, loaded.spacing_um, loaded.folder)
+
+
+# ------------------------------------------------------------------ part 1: networks per engine
+
+
+def bench_networks(args: argparse.Namespace, machine: dict[str, Any], volume: np.ndarray,
+                   nets: dict[str, Any]) -> dict[str, Any]:
+    """Whole-volume prediction of each network on each (engine, precision): the first call
+    (conversion / compilation included) and the best of ``--repeats`` further calls;
+    GFLOP/s and its fraction of the float32 peak; mask agreement with TensorFlow float32."""
     from qca_tf import infer, models, preprocess
-    from qca_tf.config import PRESETS, InferenceConfig
-    from qca_tf.modelio import load_model_folder
+    from qca_tf.config import InferenceConfig
+
+    out: dict[str, Any] = {}
+    reference_masks: dict[str, np.ndarray] = {}
+    for engine, precision in variants(machine, args):
+        name = f"{engine} {precision}"
+        row: dict[str, Any] = {"engine": engine, "precision": precision, "networks": {}}
+        for task in args.networks:
+            base = nets[task]
+            lm = precision_model(base, precision) if engine == "tensorflow" else base
+            cfg = InferenceConfig(engine=engine, precision=precision)
+            w_build, _, _ = timed(lambda: infer.forward(lm, cfg))  # OpenVINO: export, convert, compile
+            w_first, c_first, prob = timed(lambda: infer.predict_probabilities(lm, volume, cfg))
+            best_w, best_c = (math.inf, math.inf) if args.repeats else (w_first, c_first)
+            for _ in range(args.repeats):
+                w, c, prob = timed(lambda: infer.predict_probabilities(lm, volume, cfg))
+                best_w, best_c = min(best_w, w), min(best_c, c)
+            mask = prob > 0.5
+            if (engine, precision) == ("tensorflow", "float32"):
+                reference_masks[task] = mask
+            padded = preprocess.pad_to_multiple(volume, base.model_cfg.multiple)[0].shape
+            gflop = models.flops(base.model_cfg, padded) / 1e9
+            row["networks"][task] = {
+                "build_s": w_build, "first_call_s": w_first, "seconds": best_w, "cpu_seconds": best_c, "gflop": gflop,
+                "gflops": gflop / best_w,
+                "peak_fraction": gflop / best_w / machine["peak_gflops"] if machine["peak_gflops"] else None,
+                "agreement_vs_tf_float32": float((mask == reference_masks[task]).mean()),
+                "foreground": float(mask.mean())}
+            log.info("networks: %s %s: build %.2f s, first %.2f s, best %.2f s (%.1f GFLOP/s), agreement %.6f",
+                     name, task, w_build, w_first, best_w, gflop / best_w, row["networks"][task]["agreement_vs_tf_float32"])
+        row["seconds_both"] = sum(n["seconds"] for n in row["networks"].values())
+        out[name] = row
+    return out
+
+
+# ------------------------------------------------------------------ part 2: reference sliding window
+
+
+def reference_predict(forward: Any, volume: np.ndarray, max_patches: int | None = None) -> tuple[np.ndarray | None,
+                                                                                                   int]:
+    """The reference tool's sliding window (test_nsn/test_ndn): mirror-extend, run every 96^3
+    patch at stride 48 (batch 1), keep the centre 48^3 of each patch's foreground probability,
+    place it at the patch's stride position, crop to the volume. Returns ((z, y, x) float32
+    probabilities, patches run); the reference's argmax mask is ``prob > 0.5`` (two-class
+    softmax). With ``max_patches``, stops after that many patches and returns (None, n)."""
+    from qca_tf.preprocess import mirror_pad
 
     raw, source, voxel = load_volume(args)
     given = {"nsn": args.nsn, "ndn": args.ndn}
@@ -169,78 +296,173 @@ def bench_reference(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {"source": source, "voxel_size_xyz_um": list(args.voxel_size), "spacing_um": spacing,
                               "grid_shape": list(volume.shape), "networks": {}}
     pads, steps = reference_plan(volume.shape)
+    padded = mirror_pad(volume.astype(np.float32, copy=False), pads)
+    out = np.empty([REF_STRIDE * s for s in steps], np.float32)
+    lo, hi = REF_STRIDE // 2, REF_STRIDE // 2 + REF_STRIDE
+    n = 0
+    for iz in range(steps[0]):
+        for iy in range(steps[1]):
+            for ix in range(steps[2]):
+                if max_patches is not None and n >= max_patches:
+                    return None, n
+                z, y, x = iz * REF_STRIDE, iy * REF_STRIDE, ix * REF_STRIDE
+                patch = padded[z:z + REF_PATCH, y:y + REF_PATCH, x:x + REF_PATCH]
+                prob = forward(patch[None, ..., None])[0]
+                out[z:z + REF_STRIDE, y:y + REF_STRIDE, x:x + REF_STRIDE] = prob[lo:hi, lo:hi, lo:hi]
+                n += 1
+    return out[:volume.shape[0], :volume.shape[1], :volume.shape[2]], n
+
+
+def bench_reference(args: argparse.Namespace, volume: np.ndarray, nets: dict[str, Any],
+                    ours: dict[str, Any]) -> dict[str, Any]:
+    """The reference scheme's networks alone (TensorFlow float32, the same compiled pass as
+    ours), all patches, or ``--reference-patches K`` of them with the time scaled to all
+    (every patch has the same shape, so the time per patch is constant); the mask agreement
+    with our whole-volume TensorFlow float32 pass when all patches ran."""
+    from qca_tf import infer, models
+    from qca_tf.config import InferenceConfig
+
+    _, steps = reference_plan(volume.shape)
     n_patches = int(np.prod(steps))
-    result["reference_patches"] = n_patches
-    masks: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    limit = args.reference_patches if args.reference_patches and args.reference_patches < n_patches else None
+    result: dict[str, Any] = {"patches": n_patches, "patches_timed": limit or n_patches, "networks": {}}
     for task in args.networks:
-        if task in loaded_given:
-            loaded = loaded_given[task]
-            weights = f"trained model folder {given[task]}"
-        else:
-            fg = args.foreground[task == "ndn"]
-            loaded = random_model(PRESETS[task], task, args.seed, volume, fg)
-            weights = (f"{task.upper()} preset, random He-normal weights (seed {args.seed + (task == 'ndn')}), "
-                       f"BN statistics and head bias (foreground {fg}) calibrated on a <= {CALIB_EDGE}^3 "
-                       "centre crop")
-        cfg = loaded.model_cfg
-        icfg = InferenceConfig()
-        forward = infer._forward(loaded, icfg.jit)  # the same compiled pass predict_probabilities uses
-        padded_ours = preprocess.pad_to_multiple(volume, cfg.multiple)[0].shape
-        log.info("%s: warm-up (ours: one whole call; reference: one %d^3 patch)", task, REF_PATCH)
-        infer.predict_probabilities(loaded, volume, icfg)
-        forward(np.zeros((1, REF_PATCH, REF_PATCH, REF_PATCH, 1), np.float32))
-        t_ours = c_ours = t_ref = c_ref = math.inf
-        for rep in range(args.repeats):  # interleaved, so a change of machine load hits both schemes
-            w, c, p_ours = timed(lambda: infer.predict_probabilities(loaded, volume, icfg))
-            t_ours, c_ours = min(t_ours, w), min(c_ours, c)
-            log.info("%s: ours %.2f s (CPU %.2f s); reference (%d patches of %d^3)...", task, w, c, n_patches,
-                     REF_PATCH)
-            w, c, p_ref = timed(lambda: reference_predict(forward, volume))
-            t_ref, c_ref = min(t_ref, w), min(c_ref, c)
-            log.info("%s: reference %.2f s (CPU %.2f s) [repeat %d/%d]", task, w, c, rep + 1, args.repeats)
-        m_ours, m_ref = p_ours > 0.5, p_ref > 0.5
-        masks[task] = (m_ours, m_ref)
-        r = models.receptive_field_radius(cfg)
-        interior = tuple(slice(r, n - r) for n in volume.shape)
-        n_int = int(np.prod([max(0, n - 2 * r) for n in volume.shape]))
-        f_ours, f_ref = models.flops(cfg, volume.shape), models.flops(cfg, (REF_PATCH,) * 3) * n_patches
-        result["networks"][task] = {
-            "weights": weights, "model": {"depth": cfg.depth, "init_channels": cfg.init_channels,
-                                          "kernel_size": cfg.kernel_size},
-            "ours_input_shape": list(padded_ours),
-            "seconds_ours": t_ours, "seconds_reference": t_ref, "speedup": t_ref / t_ours,
-            "cpu_seconds_ours": c_ours, "cpu_seconds_reference": c_ref, "cpu_speedup": c_ref / c_ours,
-            "agreement": float((m_ours == m_ref).mean()),
-            "foreground_ours": float(m_ours.mean()), "foreground_reference": float(m_ref.mean()),
-            "receptive_field_radius": r, "interior_voxels": n_int,
-            "agreement_interior": float((m_ours[interior] == m_ref[interior]).mean()) if n_int else None,
-            "max_abs_prob_diff_interior": float(np.abs(p_ours[interior] - p_ref[interior]).max()) if n_int else None,
-            "mean_abs_prob_diff": float(np.abs(p_ours - p_ref).mean()),
-            "gflop_ours": f_ours / 1e9, "gflop_reference": f_ref / 1e9,
-            "gflops_ours": f_ours / 1e9 / t_ours, "gflops_reference": f_ref / 1e9 / t_ref,
-            "voxels_ours": int(np.prod(padded_ours)), "voxels_reference": n_patches * REF_PATCH**3,
-        }
-    if len(masks) == 2:
-        nets = result["networks"]
-        t_o = sum(n["seconds_ours"] for n in nets.values())
-        t_r = sum(n["seconds_reference"] for n in nets.values())
-        both = np.mean((masks["nsn"][0] == masks["nsn"][1]) & (masks["ndn"][0] == masks["ndn"][1]))
-        f_o = sum(n["gflop_ours"] for n in nets.values())
-        f_r = sum(n["gflop_reference"] for n in nets.values())
-        c_o = sum(n["cpu_seconds_ours"] for n in nets.values())
-        c_r = sum(n["cpu_seconds_reference"] for n in nets.values())
-        result["combined"] = {"seconds_ours": t_o, "seconds_reference": t_r, "speedup": t_r / t_o,
-                              "cpu_seconds_ours": c_o, "cpu_seconds_reference": c_r, "cpu_speedup": c_r / c_o,
-                              "agreement_both_masks": float(both), "gflop_ours": f_o, "gflop_reference": f_r,
-                              "gflops_ours": f_o / t_o, "gflops_reference": f_r / t_r}
+        lm = nets[task]
+        fwd = infer.forward(lm, InferenceConfig(engine="tensorflow", precision="float32"))
+        fwd(np.zeros((1, REF_PATCH, REF_PATCH, REF_PATCH, 1), np.float32))  # warm-up: one patch
+        log.info("reference: %s, %d of %d patches of %d^3...", task, limit or n_patches, n_patches, REF_PATCH)
+        w, c, (prob, ran) = timed(lambda: reference_predict(fwd, volume, limit))
+        seconds = w * n_patches / ran
+        gflop = models.flops(lm.model_cfg, (REF_PATCH,) * 3) * n_patches / 1e9
+        r = {"seconds": seconds, "cpu_seconds": c * n_patches / ran, "estimated": ran < n_patches,
+             "gflop": gflop, "gflops": gflop / seconds}
+        tf32 = ours.get("tensorflow float32", {}).get("networks", {}).get(task)
+        if prob is not None and tf32 is not None:
+            mine = infer.predict_probabilities(lm, volume, InferenceConfig(engine="tensorflow", precision="float32"))
+            r["agreement_vs_ours"] = float(((prob > 0.5) == (mine > 0.5)).mean())
+        result["networks"][task] = r
+        log.info("reference: %s %.1f s%s", task, seconds, " (scaled)" if ran < n_patches else "")
+    result["seconds_both"] = sum(n["seconds"] for n in result["networks"].values())
     return result
 
 
-# ------------------------------------------------------------------ part 2: time series
+# ------------------------------------------------------------------ part 3: startup
+
+
+def startup_child(args: argparse.Namespace) -> None:
+    """Runs in a fresh process: the times `qca-tf predict` spends before its first result,
+    with the engine and precision the command would choose (``--child-engine``): import
+    (TensorFlow + qca_tf), model load (both bundle networks), first network call of each
+    (conversion from the cache or not, compilation, the first pass) and a second call.
+    Prints one JSON line."""
+    t0 = time.perf_counter()
+    from qca_tf.runtime import init_tensorflow
+
+    init_tensorflow()
+    from qca_tf import engines, io, predict
+    from qca_tf.config import InferenceConfig
+    from qca_tf.infer import resolve_precision
+
+    t_import = time.perf_counter() - t0
+    engine = engines.resolve_engine(args.child_engine)
+    if engine == "openvino":
+        policy, load_policy = engines.openvino_precision("auto"), "float32"
+    else:
+        policy = load_policy = resolve_precision("auto")
+    t1 = time.perf_counter()
+    nets = predict.load_networks(bundle=args.child_bundle, precision=load_policy)
+    t_load = time.perf_counter() - t1
+    voxel = io.VoxelSize.from_xyz(args.voxel_size)
+    from qca_tf import preprocess
+
+    t2 = time.perf_counter()
+    volume = preprocess.to_network_grid(io.read_stack(args.image), voxel, nets.spacing_um)
+    t_read = time.perf_counter() - t2
+    cfg = InferenceConfig(engine=engine, precision=policy)
+    t3 = time.perf_counter()
+    predict.segment(nets, volume, cfg)
+    t_first = time.perf_counter() - t3
+    t4 = time.perf_counter()
+    predict.segment(nets, volume, cfg)
+    t_second = time.perf_counter() - t4
+    print(json.dumps({"engine": engine, "precision": policy, "import_s": t_import, "load_s": t_load,
+                      "read_s": t_read, "first_call_s": t_first, "second_call_s": t_second,
+                      "startup_s": t_import + t_load + t_read + t_first - t_second}))
+
+
+def bench_startup(args: argparse.Namespace, bundle: Path, env: dict[str, str], engine: str) -> dict[str, Any]:
+    """:func:`startup_child` in a subprocess (``env`` holds the conversion cache)."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--startup-child", "--child-bundle", str(bundle),
+           "--child-engine", engine, "--image", args.image, "--voxel-size", *map(str, args.voxel_size)]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True, env=env)
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    res["process_wall_s"] = time.perf_counter() - t0
+    return res
+
+
+# ------------------------------------------------------------------ part 4: the whole command
+
+
+def qca_tf_command() -> list[str]:
+    """The installed ``qca-tf`` console script beside this Python, else ``python -m qca_tf.cli``."""
+    script = Path(sys.executable).parent / "qca-tf"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "qca_tf.cli"]
+
+
+def run_command(inputs: list[str], bundle: Path, out: Path, args: argparse.Namespace, env: dict[str, str],
+                extra: list[str]) -> dict[str, Any]:
+    """Wall time of one ``qca-tf predict`` subprocess (process start to exit) and its run.json timings."""
+    cmd = [*qca_tf_command(), "predict", *inputs, "--model", str(bundle), "--out", str(out),
+           "--voxel-size", *map(str, args.voxel_size), *extra]
+    log.info("command: %s", " ".join(cmd))
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - t0
+    run = json.loads((out / "run.json").read_text())
+    return {"command": " ".join(cmd), "wall_s": wall, "timings": run["timings_s"],
+            "engine": run["inference"].get("engine"), "precision": run["inference"]["precision"],
+            "timepoints": len(run["processed"])}
+
+
+def bench_command(args: argparse.Namespace, bundle: Path, tmp: Path, env: dict[str, str],
+                  nets: dict[str, Any]) -> dict[str, Any]:
+    """``qca-tf predict`` as a user types it, in subprocesses: one stack with the default
+    engine (auto) with an empty conversion cache (first run) and again (cached), one stack
+    with ``--engine tensorflow``, and a ``--series`` time series of copies of the stack
+    (per time point: wall / time points)."""
+    from qca_tf import engines, io
+
+    image = args.image
+    res: dict[str, Any] = {}
+    runs = args.command_runs
+    if "cold" in runs:
+        res["stack_cold"] = run_command([image], bundle, tmp / "cmd-cold", args, {**env, "QCA_TF_CACHE": str(
+            tmp / "cache-cold")}, [])
+    if engines.openvino_import_error() is None:  # the bundle's conversions in the cache (part 1 may have done it)
+        for lm in nets.values():
+            engines.converted_model(lm)
+    if "cached" in runs:
+        res["stack"] = run_command([image], bundle, tmp / "cmd-cached", args, env, [])
+    if "tensorflow" in runs and not engines.has_gpu():  # on a GPU, auto is TensorFlow already
+        res["stack_tensorflow"] = run_command([image], bundle, tmp / "cmd-tf", args, env, ["--engine", "tensorflow"])
+    if args.series_points and "series" in runs:
+        folder = tmp / "series-images"
+        folder.mkdir()
+        raw = io.read_stack(image)
+        for t in range(args.series_points):
+            io.write_stack(folder / f"t{t:03d}.tif", raw, io.VoxelSize.from_xyz(args.voxel_size))
+        r = run_command([str(folder)], bundle, tmp / "cmd-series", args, env, [])
+        r["per_timepoint_s"] = r["wall_s"] / r["timepoints"]
+        res["series"] = r
+    return res
+
+
+# ------------------------------------------------------------------ part 5: time series
 
 
 def bench_series(args: argparse.Namespace) -> dict[str, Any]:
-    """Part 2: predict_series pipelined vs sequential on a synthetic series."""
+    """Part 5: predict_series pipelined vs sequential on a synthetic series."""
     from qca_tf import io, predict, preprocess, synthetic
     from qca_tf.config import PRESETS, InferenceConfig, ModelConfig
     from qca_tf.modelio import save_model_folder
@@ -283,7 +505,7 @@ def bench_series(args: argparse.Namespace) -> dict[str, Any]:
             "speedup": runs["sequential"]["seconds_per_timepoint"] / runs["pipelined"]["seconds_per_timepoint"]}
 
 
-# ------------------------------------------------------------------ part 3: memory
+# ------------------------------------------------------------------ part 6: memory
 
 
 def memory_child(args: argparse.Namespace) -> None:
@@ -308,7 +530,7 @@ def memory_child(args: argparse.Namespace) -> None:
 
 
 def bench_memory(args: argparse.Namespace) -> dict[str, Any]:
-    """Part 3: run :func:`memory_child` in a subprocess; its peak RSS from RUSAGE_CHILDREN."""
+    """Part 6: run :func:`memory_child` in a subprocess; its peak RSS from RUSAGE_CHILDREN."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-child", "--seed", str(args.seed),
            "--memory-shape", *map(str, args.memory_shape)]
     if args.threads:
@@ -334,54 +556,85 @@ def fmt(value: Any, spec: str = ".3f") -> str:
 
 
 def print_report(res: dict[str, Any]) -> None:
-    """The figures as a compact table on stdout."""
-    env = res["environment"]
-    print(f"# bench_predict  tensorflow {env['tensorflow']}  cpus {env['cpus']}  threads {env['threads']}  "
-          f"load avg at start {env['loadavg_start']}")
+    """The figures as compact tables on stdout."""
+    env, m = res["environment"], res["machine"]
+    print(f"# bench_predict  tensorflow {env['tensorflow']}  openvino {m['openvino'] or 'absent'}  "
+          f"load avg {env['loadavg_start']} -> {env.get('loadavg_end')}")
+    print(f"cpu: {m['cpu']}, {m['cpus']} logical CPUs, AVX-512 {m['avx512']}, bf16 flags {m['bf16_flags'] or 'none'}, "
+          f"OpenVINO capabilities {m.get('openvino_capabilities')}; GPU {m['gpu']}")
+    print(f"float32 peak: {fmt(m['peak_gflops'], '.0f')} GFLOP/s ({m['peak_source']})")
+    vol = res.get("volume")
+    if vol:
+        print(f"input: {vol['source']}, voxel {vol['voxel_size_xyz_um']} um (x y z) -> grid {vol['grid_shape']} "
+              f"at {vol['spacing_um']} um; networks: NSN and NDN presets, seeded random weights with calibrated "
+              "BN statistics")
+    nets = res.get("networks")
+    if nets:
+        print("\n## 1. networks, whole volume, per engine and precision (s: best of --repeats calls after the first; "
+              "with --repeats 0 the first)")
+        print(f"{'engine precision':30} {'net':4} {'build s':>8} {'first s':>8} {'s':>7} {'GFLOP':>6} {'GFLOP/s':>8} "
+              f"{'of peak':>7} {'agree':>9}")
+        for name, row in nets.items():
+            for task, n in row["networks"].items():
+                print(f"{name:30} {task:4} {n['build_s']:8.2f} {n['first_call_s']:8.2f} {n['seconds']:7.2f} {n['gflop']:6.0f} "
+                      f"{n['gflops']:8.1f} {fmt(n['peak_fraction'], '7.2f'):>7} {n['agreement_vs_tf_float32']:9.6f}")
+            print(f"{name:30} both {'':17} {row['seconds_both']:7.2f}")
+        print("(build: compiled pass made, OpenVINO export + conversion + compilation; agree: fraction of mask "
+              "voxels equal to TensorFlow float32's)")
     ref = res.get("reference")
     if ref:
-        print(f"\n## 1. ours (whole volume) vs reference sliding window (patch {REF_PATCH}, stride {REF_STRIDE})")
-        print(f"input: {ref['source']}, voxel {ref['voxel_size_xyz_um']} um (x y z) -> grid {ref['grid_shape']} "
-              f"at {ref['spacing_um']} um; reference patches: {ref['reference_patches']}")
+        est = ref["patches_timed"] < ref["patches"]
+        print(f"\n## 2. reference sliding window (patch {REF_PATCH}, stride {REF_STRIDE}, centre {REF_STRIDE}^3 kept, "
+              f"TensorFlow float32): {ref['patches']} patches"
+              + (f", {ref['patches_timed']} timed and scaled to all" if est else ""))
         for task, n in ref["networks"].items():
-            print(f"{task.upper()} weights: {n['weights']}")
-        print(f"{'net':8} {'ours s':>7} {'ref s':>7} {'ref/ours':>8} {'cpu o':>7} {'cpu r':>7} {'cpu r/o':>7} "
-              f"{'agree':>8} {'agree int':>9} {'GFLOP o':>8} {'GFLOP r':>8} {'GFLOP/s o':>9} {'GFLOP/s r':>9}")
-        rows = [(task.upper(), n, n["agreement"], n["agreement_interior"]) for task, n in ref["networks"].items()]
-        if ref.get("combined"):
-            rows.append(("NSN+NDN", ref["combined"], ref["combined"]["agreement_both_masks"], None))
-        for name, n, agree, agree_int in rows:
-            print(f"{name:8} {n['seconds_ours']:7.2f} {n['seconds_reference']:7.2f} {n['speedup']:8.2f} "
-                  f"{n['cpu_seconds_ours']:7.2f} {n['cpu_seconds_reference']:7.2f} {n['cpu_speedup']:7.2f} "
-                  f"{agree:8.5f} {fmt(agree_int, '9.5f'):>9} {n['gflop_ours']:8.0f} {n['gflop_reference']:8.0f} "
-                  f"{n['gflops_ours']:9.1f} {n['gflops_reference']:9.1f}")
-        for task, n in ref["networks"].items():
-            print(f"{task.upper()}: ours input {n['ours_input_shape']} = {n['voxels_ours']} voxels, reference "
-                  f"{n['voxels_reference']} voxels ({n['voxels_reference'] / n['voxels_ours']:.1f}x); foreground "
-                  f"ours {n['foreground_ours']:.3f} ref {n['foreground_reference']:.3f}; receptive-field radius "
-                  f"{n['receptive_field_radius']}, interior voxels {n['interior_voxels']}, max |dp| interior "
-                  f"{fmt(n['max_abs_prob_diff_interior'], '.2e')}, mean |dp| {n['mean_abs_prob_diff']:.2e}")
-        print("requirement: ref/ours >= 8 and agree >= 0.999 (agree = fraction of voxels with equal masks; "
-              "agree int = the same beyond the receptive-field radius from every face)")
+            print(f"{task:4} {n['seconds']:8.1f} s  {n['gflops']:6.1f} GFLOP/s  agreement with ours "
+                  f"{fmt(n.get('agreement_vs_ours'), '.5f')}")
+        print(f"both {ref['seconds_both']:8.1f} s (networks alone)")
+        if nets:
+            for name, row in nets.items():
+                print(f"  ratio reference / {name} networks: {ref['seconds_both'] / row['seconds_both']:.1f}x")
+    st = res.get("startup")
+    if st:
+        print("\n## 3. startup in a fresh process (both presets; conversion cache warm)")
+        for label, s in st.items():
+            print(f"{label}: {s['engine']} {s['precision']}: import {s['import_s']:.2f} s, model load {s['load_s']:.2f} s,"
+                  f" read+resample {s['read_s']:.2f} s, first call {s['first_call_s']:.2f} s (second "
+                  f"{s['second_call_s']:.2f} s); startup (import + load + read + first - second) "
+                  f"{s['startup_s']:.2f} s; process wall {s['process_wall_s']:.2f} s")
+    cmd = res.get("command")
+    if cmd:
+        print("\n## 4. the whole `qca-tf predict` command (subprocess, process start included)")
+        print(f"{'run':26} {'engine precision':26} {'tps':>4} {'wall s':>8} {'s/tp':>7} {'networks':>8} "
+              f"{'watershed':>9} {'write':>7}")
+        for label, r in cmd.items():
+            t = r["timings"]
+            print(f"{label:26} {str(r['engine']) + ' ' + r['precision']:26} {r['timepoints']:4d} {r['wall_s']:8.1f} "
+                  f"{r['wall_s'] / r['timepoints']:7.1f} {t['networks']:8.1f} {t['watershed']:9.2f} {t['write']:7.2f}")
+        if ref and "stack" in cmd:
+            print(f"reference networks alone / whole command (one stack, cached): "
+                  f"{ref['seconds_both'] / cmd['stack']['wall_s']:.1f}x (target >= 8)")
+            if "series" in cmd:
+                print(f"reference networks alone / series command per time point: "
+                      f"{ref['seconds_both'] / cmd['series']['per_timepoint_s']:.1f}x")
+        print("(networks / watershed / write: run.json per-stage sums; watershed includes resampling labels back, "
+              "write includes criteria and quick-look)")
     ser = res.get("series")
     if ser:
-        print(f"\n## 2. time series: {len(ser['runs']['pipelined']['nuclei_per_timepoint'] or [])} synthetic time "
-              f"points {ser['shape']} -> grid {ser['grid_shape']}, {ser['models']} random-weight networks")
+        print(f"\n## 5. time series in-process: {len(ser['runs']['pipelined']['nuclei_per_timepoint'] or [])} synthetic "
+              f"time points {ser['shape']} -> grid {ser['grid_shape']}, {ser['models']} random-weight networks")
         print(f"{'mode':11} {'s/tp':>7} {'wall s':>7} {'read':>7} {'networks':>8} {'watershed':>9} {'write':>7} "
               f"{'total':>7}")
         for label, r in ser["runs"].items():
             t = r["timings"]
             print(f"{label:11} {r['seconds_per_timepoint']:7.3f} {r['wall_seconds']:7.2f} {t['read']:7.2f} "
                   f"{t['networks']:8.2f} {t['watershed']:9.2f} {t['write']:7.2f} {t['total']:7.2f}")
-        print(f"sequential / pipelined (s per time point): {ser['speedup']:.2f}; nuclei per time point: "
-              f"{ser['runs']['pipelined']['nuclei_per_timepoint']}")
-        print("(read/networks/watershed/write are summed per-stage seconds; pipelined stages overlap)")
+        print(f"sequential / pipelined (s per time point): {ser['speedup']:.2f}")
     mem = res.get("memory")
     if mem:
-        print(f"\n## 3. memory: NSN preset on {mem['shape']} float32 (default InferenceConfig, max_memory_gb 4)")
-        print(f"peak RSS of the subprocess: {mem['peak_rss_kib']} KiB = {mem['peak_rss_gib']:.2f} GiB "
-              f"(requirement < 8 GB); predict {mem['seconds']:.1f} s ({mem['gflops']:.1f} GFLOP/s on "
-              f"{mem['gflop']:.0f} GFLOP of the volume); subprocess wall {mem['subprocess_wall_seconds']:.1f} s")
+        print(f"\n## 6. memory: NSN preset on {mem['shape']} float32 (default InferenceConfig, max_memory_gb 4)")
+        print(f"peak RSS of the subprocess: {mem['peak_rss_gib']:.2f} GiB (requirement < 8 GB); predict "
+              f"{mem['seconds']:.1f} s ({mem['gflops']:.1f} GFLOP/s)")
 
 
 # ------------------------------------------------------------------ CLI
@@ -390,33 +643,49 @@ def print_report(res: dict[str, Any]) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--image", help="3D TIFF (z, y, x) for part 1; without it, a synthetic 51x120x122 embryo")
+    p.add_argument("--image", help="3D TIFF (z, y, x); without it, a synthetic 51x120x122 embryo")
     p.add_argument("--voxel-size", nargs=3, type=float, default=[0.8, 0.8, 1.75], metavar=("X", "Y", "Z"),
                    help="voxel size of --image in um")
-    p.add_argument("--nsn", help="trained NSN model folder; without it, the NSN preset with random weights")
-    p.add_argument("--ndn", help="trained NDN model folder; without it, the NDN preset with random weights")
+    p.add_argument("--device", choices=["cpu", "gpu"], default="cpu",
+                   help="gpu: require a GPU (TensorFlow float32 and mixed_float16; the command's auto engine "
+                        "is TensorFlow mixed_float16 there); cpu: hide any GPU from TensorFlow")
+    p.add_argument("--models", choices=["preset", "tiny"], default="preset",
+                   help="parts 1-4: the NSN and NDN presets, or tiny networks (depth 2, 4 channels) to try the script")
     p.add_argument("--networks", nargs="+", choices=["nsn", "ndn"], default=["nsn", "ndn"],
-                   help="networks to compare in part 1")
+                   help="networks of parts 1 and 2")
     p.add_argument("--foreground", nargs=2, type=float, default=[0.025, 0.0005], metavar=("NSN", "NDN"),
                    help="random-weight networks: foreground fraction their head bias is calibrated to "
                         "(the example embryo's ground truth: 0.023 and 0.00035)")
     p.add_argument("--repeats", type=int, default=1,
-                   help="timed runs per scheme in part 1, interleaved (the min is reported)")
-    p.add_argument("--timepoints", type=int, default=10, help="time points of the part-2 series")
+                   help="timed calls per engine in part 1 after the first (0: report the first call)")
+    p.add_argument("--command-runs", nargs="+", choices=["cold", "cached", "tensorflow", "series"],
+                   default=["cold", "cached", "tensorflow", "series"],
+                   help="part-4 commands: one stack with an empty conversion cache, with it, with --engine "
+                        "tensorflow, and the --series-points series")
+    p.add_argument("--all-precisions", action="store_true",
+                   help="also time bf16 variants on a CPU without bf16 units (slow there)")
+    p.add_argument("--reference-patches", type=int, default=0,
+                   help="time only this many reference patches and scale to all (0: run all)")
+    p.add_argument("--series-points", type=int, default=10, help="time points of the part-4 series command (0: skip)")
+    p.add_argument("--peak-gflops", type=float, default=None, help="float32 peak of this machine (GFLOP/s)")
+    p.add_argument("--cpu-ghz", type=float, default=None, help="clock for the peak estimate (default: /proc/cpuinfo)")
+    p.add_argument("--timepoints", type=int, default=10, help="time points of the part-5 in-process series")
     p.add_argument("--series-shape", nargs=3, type=int, default=[24, 96, 96], metavar=("Z", "Y", "X"))
     p.add_argument("--series-models", choices=["tiny", "preset"], default="tiny",
-                   help="part-2 networks: tiny (depth 2, 8 channels, kernel 3) or the presets")
+                   help="part-5 networks: tiny (depth 2, 8 channels, kernel 3) or the presets")
     p.add_argument("--memory-shape", nargs=3, type=int, default=[200, 512, 512], metavar=("Z", "Y", "X"))
-    p.add_argument("--skip-reference", action="store_true")
-    p.add_argument("--skip-series", action="store_true")
-    p.add_argument("--skip-memory", action="store_true")
+    for part in ("networks", "reference", "startup", "command", "series", "memory"):
+        p.add_argument(f"--skip-{part}", action="store_true")
     p.add_argument("--threads", type=int, default=None, help="TensorFlow intra- and inter-op threads")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="also write all numbers to this JSON file")
     p.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--startup-child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--child-bundle", help=argparse.SUPPRESS)
+    p.add_argument("--child-engine", default="auto", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.repeats < 1 or args.timepoints < 1:
-        p.error("--repeats and --timepoints must be >= 1")
+    if args.repeats < 0 or args.timepoints < 1 or args.series_points < 0:
+        p.error("--repeats must be >= 0, --timepoints >= 1, --series-points >= 0")
     if not all(0 < f < 1 for f in args.foreground):
         p.error("--foreground fractions must be in (0, 1)")
     return args
@@ -425,28 +694,58 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
+    if args.device == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = "-1"  # children inherit it too
     setup_tensorflow(args.threads)
     if args.memory_child:
         memory_child(args)
         return 0
+    if args.startup_child:
+        startup_child(args)
+        return 0
     import tensorflow as tf
 
-    res: dict[str, Any] = {"environment": {"tensorflow": tf.__version__, "cpus": os.cpu_count(),
+    from qca_tf import io, preprocess
+
+    machine = machine_info(args)
+    if args.device == "gpu" and not machine["gpu"]:
+        log.error("--device gpu: TensorFlow sees no GPU")
+        return 1
+    res: dict[str, Any] = {"environment": {"tensorflow": tf.__version__,
                                            "threads": args.threads or "default",
                                            "loadavg_start": " ".join(f"{v:.2f}" for v in os.getloadavg())},
-                           "argv": sys.argv[1:]}
-    if not args.skip_reference:
-        res["reference"] = bench_reference(args)
+                           "machine": machine, "argv": sys.argv[1:]}
+    with tempfile.TemporaryDirectory(prefix="bench-predict-") as tmp_name:
+        tmp = Path(tmp_name)
+        raw, source, voxel = load_volume(args)
+        if not args.image:
+            args.image = str(tmp / "image.tif")
+            io.write_stack(args.image, raw, voxel)
+        volume = preprocess.to_network_grid(raw, voxel, SPACING_UM)
+        res["volume"] = {"source": source, "voxel_size_xyz_um": list(args.voxel_size), "spacing_um": SPACING_UM,
+                         "grid_shape": list(volume.shape)}
+        env = {**os.environ, "QCA_TF_CACHE": str(tmp / "cache")}
+        os.environ["QCA_TF_CACHE"] = env["QCA_TF_CACHE"]
+        nets = make_bundle(args, volume, tmp / "bundle")
+        ours: dict[str, Any] = {}
+        if not args.skip_networks:
+            ours = res["networks"] = bench_networks(args, machine, volume, nets)
+        if not args.skip_reference:
+            res["reference"] = bench_reference(args, volume, nets, ours)
+        if not args.skip_command:
+            res["command"] = bench_command(args, tmp / "bundle", tmp, env, nets)
+        if not args.skip_startup:  # after the command, so the conversion cache is warm
+            res["startup"] = {"auto": bench_startup(args, tmp / "bundle", env, "auto")}
     if not args.skip_series:
         res["series"] = bench_series(args)
     if not args.skip_memory:
         res["memory"] = bench_memory(args)
     res["environment"]["loadavg_end"] = " ".join(f"{v:.2f}" for v in os.getloadavg())
-    print_report(res)
-    if args.json:
+    if args.json:  # before the tables, so a printing problem loses no figure
         from qca_tf.config import write_json_atomic
 
         write_json_atomic(args.json, res)
+    print_report(res)
     return 0
 
 

@@ -170,7 +170,7 @@ def load_networks(*, nsn: str | os.PathLike | None = None, ndn: str | os.PathLik
     given with a bundle replace its networks. ``infer_cfg.precision`` (default auto) is
     resolved once, here, and both networks load under it. ``postprocess_cfg`` overrides
     the bundle's post-processing parameters."""
-    from .infer import resolve_precision
+    from .engines import keras_policy, resolve_inference
     from .modelio import load_model_folder
     from .registry import resolve
 
@@ -182,8 +182,9 @@ def load_networks(*, nsn: str | os.PathLike | None = None, ndn: str | os.PathLik
         nsn, ndn = nsn or meta.nsn, ndn or meta.ndn
     if nsn is None:
         raise ModelError("no NSN model: give --nsn DIR or --model BUNDLE")
-    policy = resolve_precision((infer_cfg or InferenceConfig()).precision)
-    log.info("loading the networks with precision %s", policy)
+    run_cfg = resolve_inference(infer_cfg or InferenceConfig())
+    policy = keras_policy(run_cfg)
+    log.info("loading the networks for the %s engine at precision %s", run_cfg.engine, run_cfg.precision)
     nets = Networks(nsn=load_model_folder(nsn, dtype_policy=policy),
                     ndn=load_model_folder(ndn, dtype_policy=policy) if ndn is not None else None,
                     postprocess=postprocess_cfg or stored, bundle=meta)

@@ -242,14 +242,18 @@ def _parse_shard(value: str | None) -> tuple[int, int]:
 @click.option("--max-memory", type=float, default=_I.max_memory_gb, show_default=True,
               help="Memory budget (GB) that decides whole-volume vs tiled prediction.")
 @click.option("--batch-size", type=click.IntRange(1), default=_I.batch_size, show_default=True, help="Tiles per batch.")
-@click.option("--jit", is_flag=True, help="Compile the networks with XLA.")
+@click.option("--jit", is_flag=True, help="Compile the networks with XLA (GPU only: ignored on a CPU, where it is "
+              "about 10x slower).")
+@click.option("--engine", type=click.Choice(["auto", "tensorflow", "openvino"]), default="auto", show_default=True,
+              help="auto: OpenVINO on a CPU where it is installed (bf16 on CPUs with AMX/AVX512_BF16), "
+                   "TensorFlow on a GPU.")
 @click.option("--save-masks", is_flag=True, help="Also write the NSN and NDN masks (OUT/nsn, OUT/ndn).")
 @click.option("--no-quicklook", is_flag=True, help="Skip the per-time-point quick-look PNGs.")
 @click.option("--overwrite", is_flag=True, help="Redo time points that are already finished.")
 @click.option("--shard", default=None, metavar="I/N", help="Process every N-th time point starting at I (job arrays).")
 @click.option("--sequential", is_flag=True, help="Do not overlap reading/watershed with the networks.")
 def predict(inputs, out_dir: Path, bundle, nsn, ndn, voxel_size, channels, nsn_threshold, ndn_threshold, min_marker_size,
-            min_volume, precision, tile, max_memory, batch_size, jit, save_masks, no_quicklook, overwrite, shard,
+            min_volume, precision, tile, max_memory, batch_size, jit, engine, save_masks, no_quicklook, overwrite, shard,
             sequential) -> None:
     """Segment INPUTS (3D TIFFs, 4D t-z-y-x TIFFs or folders) into instance labels and criteria.
 
@@ -266,11 +270,14 @@ def predict(inputs, out_dir: Path, bundle, nsn, ndn, voxel_size, channels, nsn_t
     if bundle is None and nsn is None:
         raise click.UsageError("give --model BUNDLE (a folder or a name) or --nsn DIR (and --ndn DIR)")
     infer_cfg = InferenceConfig(precision=precision, tile=tuple(tile) if tile else None, max_memory_gb=max_memory,
-                                jit=jit, batch_size=batch_size)
+                                jit=jit, batch_size=batch_size, engine=engine)
     _tensorflow()
     from qca_tf.bundle import load_networks
+    from qca_tf.engines import resolve_inference
     from qca_tf.predict import PredictOptions, choose_channels, predict_series
 
+    infer_cfg = resolve_inference(infer_cfg)
+    log.debug("engine %s, precision %s", infer_cfg.engine, infer_cfg.precision)
     nets = load_networks(nsn=nsn, ndn=ndn, bundle=bundle, infer_cfg=infer_cfg)
     overrides = {k: v for k, v in {"nsn_threshold": nsn_threshold, "ndn_threshold": ndn_threshold,
                                    "min_marker_size": min_marker_size, "min_volume_um3": min_volume}.items()

@@ -239,6 +239,7 @@ class InferenceConfig:
     max_memory_gb: float = 4.0
     jit: bool = False
     batch_size: int = 1
+    engine: str = "tensorflow"   # tensorflow, openvino or auto (qca_tf.engines)
 
     def __post_init__(self) -> None:
         s = "inference"
@@ -249,6 +250,8 @@ class InferenceConfig:
                    f"{self.tile!r} is not three positive integers (z, y, x)")
         _check(self.max_memory_gb > 0, s, "max_memory_gb", "must be > 0")
         _check(isinstance(self.batch_size, int) and self.batch_size >= 1, s, "batch_size", "must be >= 1")
+        _check(self.engine in ("auto", "tensorflow", "openvino"), s, "engine",
+               f"{self.engine!r} is not one of auto, tensorflow, openvino")
 
 
 # --------------------------------------------------------------------------- JSON

@@ -13,6 +13,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from .errors import ModelError, OutputError
 from .modelio import CONFIG_NAME, KERAS_NAME, SAVEDMODEL_NAME, load_model_folder
@@ -24,9 +25,6 @@ def export_savedmodel(model_folder: str | os.PathLike, out_dir: str | os.PathLik
     """Export the Keras model folder ``model_folder`` (loaded as float32) to a SavedModel
     folder ``out_dir``, written atomically (built in a temp folder beside it, then renamed).
     An existing non-empty ``out_dir`` raises OutputError unless ``overwrite``."""
-    import keras
-    import tensorflow as tf
-
     model_folder, out_dir = Path(model_folder), Path(out_dir)
     if (model_folder / SAVEDMODEL_NAME).is_file():
         raise ModelError(f"{model_folder}: already a SavedModel; export needs a folder with {KERAS_NAME}")
@@ -39,17 +37,8 @@ def export_savedmodel(model_folder: str | os.PathLike, out_dir: str | os.PathLik
     except OSError as exc:
         raise OutputError(f"{out_dir}: cannot create the export folder ({exc.strerror})") from None
 
-    model = loaded.model
-    channels = loaded.model_cfg.input_channels
     try:
-        archive = keras.export.ExportArchive()
-        archive.track(model)
-        archive.add_endpoint(
-            "serve",
-            lambda x: model(x, training=False),
-            input_signature=[tf.TensorSpec([None, None, None, None, channels], tf.float32, name="image")],
-        )
-        archive.write_out(str(tmp), verbose=False)
+        write_savedmodel(loaded.model, loaded.model_cfg.input_channels, tmp)
         shutil.copy2(model_folder / CONFIG_NAME, tmp / CONFIG_NAME)
         _replace_dir(tmp, out_dir)
     except BaseException:
@@ -57,6 +46,23 @@ def export_savedmodel(model_folder: str | os.PathLike, out_dir: str | os.PathLik
         raise
     log.info("exported %s to SavedModel %s", model_folder, out_dir)
     return out_dir
+
+
+def write_savedmodel(model: Any, channels: int, out_dir: str | os.PathLike) -> None:
+    """Write the float32 Keras ``model`` as a SavedModel into ``out_dir`` (the ``serve``
+    endpoint of the module docstring, ``channels`` input channels). The one export recipe:
+    ``qca-tf export`` and the OpenVINO engine (:mod:`qca_tf.engines`) both use it."""
+    import keras
+    import tensorflow as tf
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        "serve",
+        lambda x: model(x, training=False),
+        input_signature=[tf.TensorSpec([None, None, None, None, channels], tf.float32, name="image")],
+    )
+    archive.write_out(str(out_dir), verbose=False)
 
 
 def _replace_dir(src: Path, dst: Path) -> None:

@@ -1,4 +1,4 @@
-"""Inference engine: whole-volume or tiled prediction, precision policy, XLA.
+"""Prediction of one volume: whole-volume or tiled, on an engine of :mod:`qca_tf.engines`.
 
 Tiled prediction equals whole-volume prediction up to float rounding: the volume is
 mirror-padded at the end of each axis to a multiple of M = 2**depth; cores (multiples
@@ -73,25 +73,15 @@ def _itemsize(loaded: LoadedModel) -> int:
     return 2 if "16" in dtype else 4
 
 
-def _forward(loaded: LoadedModel, jit: bool) -> Callable[[np.ndarray], np.ndarray]:
-    """A compiled forward pass: (b, z, y, x, c) float32 -> (b, z, y, x) foreground probability.
-    One tf.function per model and jit flag, traced once for dynamic shapes (XLA, with ``jit``,
-    still compiles once per distinct tile shape)."""
-    import tensorflow as tf
+def forward(loaded: LoadedModel, cfg: InferenceConfig) -> Callable[[np.ndarray], np.ndarray]:
+    """The compiled forward pass that :func:`predict_probabilities` runs:
+    (b, z, y, x, c) float32 -> (b, z, y, x) float32 foreground probability (softmax
+    channel 1), for spatial sizes that are multiples of ``2**depth``. ``cfg.engine``
+    picks the engine (:mod:`qca_tf.engines`; OpenVINO at ``cfg.precision``, TensorFlow
+    with XLA when ``cfg.jit``); built once per model and setting, then cached."""
+    from .engines import forward as engine_forward
 
-    model = loaded.model
-    per_model = loaded.forward_cache
-    if jit not in per_model:
-        if isinstance(model, SavedModelWrapper):
-            def call(x):
-                return model(x)[..., 1]
-        else:
-            def call(x):
-                return model(x, training=False)[..., 1]
-        spec = tf.TensorSpec([None, None, None, None, loaded.model_cfg.input_channels], tf.float32)
-        per_model[jit] = tf.function(call, jit_compile=jit, input_signature=[spec])
-    fn = per_model[jit]
-    return lambda x: fn(tf.constant(x)).numpy()
+    return engine_forward(loaded, cfg.engine, cfg.precision, cfg.jit)
 
 
 def _axis_cores(size: int, core: int, multiple: int) -> tuple[list[int], int]:
@@ -205,12 +195,12 @@ def predict_probabilities(loaded: LoadedModel, volume: np.ndarray, cfg: Inferenc
         padded, crop = _pad_into_scratch(volume.astype(np.float32, copy=False), mc.multiple)
     else:
         padded, crop = pad_to_multiple(volume.astype(np.float32, copy=False), mc.multiple, channels_last=True)
-    forward = _forward(loaded, cfg.jit)
+    run = forward(loaded, cfg)
     margin = tile_margin(mc)
     core = _choose_core(mc, padded.shape[:3], cfg, margin, _itemsize(loaded))
     if core is None:
         log.debug("predicting the whole volume %s", padded.shape)
-        return np.ascontiguousarray(forward(padded[None])[0][crop])
+        return np.ascontiguousarray(run(padded[None])[0][crop])
 
     tiles = plan_tiles(padded.shape[:3], core, margin, mc.multiple)
     log.debug("predicting %s in %d tiles (core %s, margin %d, batch %d)", padded.shape, len(tiles), core, margin,
@@ -222,7 +212,7 @@ def predict_probabilities(loaded: LoadedModel, volume: np.ndarray, cfg: Inferenc
     for group in groups.values():
         for i in range(0, len(group), cfg.batch_size):
             batch = group[i:i + cfg.batch_size]
-            probs = forward(np.stack([padded[t[0]] for t in batch]))
+            probs = run(np.stack([padded[t[0]] for t in batch]))
             for (_, in_core, vol_core), p in zip(batch, probs):
                 out[vol_core] = p[in_core]
     return out[crop]

@@ -340,6 +340,17 @@ def _prefetch(iterable, depth: int):
         stop.set()
 
 
+def _openvino_version(engine: str) -> str | None:
+    """OpenVINO's version when ``engine`` runs on it, else None (for run.json)."""
+    from .engines import resolve_engine
+
+    if resolve_engine(engine) != "openvino":
+        return None
+    import openvino
+
+    return openvino.__version__
+
+
 def _write_run_json(out: Path, inputs, nets: Networks, infer_cfg: InferenceConfig, opts: PredictOptions,
                     run: RunSummary) -> None:
     import keras
@@ -350,6 +361,7 @@ def _write_run_json(out: Path, inputs, nets: Networks, infer_cfg: InferenceConfi
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__, "numpy": np.__version__,
                      "python": platform.python_version()},
         "device": [d.name for d in tf.config.list_logical_devices()],
+        "openvino": _openvino_version(infer_cfg.engine),
         "inputs": [str(p) for p in inputs],
         "models": {"nsn": str(nets.nsn.folder), "ndn": str(nets.ndn.folder) if nets.ndn else None,
                    "bundle": str(nets.bundle.folder) if nets.bundle else None, "spacing_um": nets.spacing_um,

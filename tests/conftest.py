@@ -4,6 +4,13 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+if "QCA_TF_CACHE" not in os.environ:  # converted models (qca_tf.engines) go to a per-run folder, not ~/.cache
+    import atexit
+    import shutil
+    import tempfile
+
+    os.environ["QCA_TF_CACHE"] = tempfile.mkdtemp(prefix="qca_tf-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["QCA_TF_CACHE"], True)
 
 import pytest
 
