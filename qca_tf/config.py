@@ -24,6 +24,8 @@ OPTIMIZERS = ("sgd", "adam")
 LOSSES = ("ce", "dice", "ce+dice")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 NORMALIZATIONS = ("minmax", "percentile")
+#: The reference's optimiser per task (DESIGN section 2): NSN SGD, NDN Adam.
+TASK_OPTIMIZERS = {"nsn": "sgd", "ndn": "adam"}
 
 
 def _check(cond: bool, section: str, key: str, msg: str) -> None:
@@ -81,10 +83,11 @@ def preset(name: str, **overrides: Any) -> ModelConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation. ``task`` decides the target (nsn mask or ndn centre mask) and the
-    validation metric (nsn: IoU, ndn: detection F-measure)."""
+    validation metric (nsn: IoU, ndn: detection F-measure). ``optimizer`` None means the
+    task's reference optimiser (:data:`TASK_OPTIMIZERS`: nsn SGD, ndn Adam)."""
 
     task: str = "nsn"
-    optimizer: str = "sgd"
+    optimizer: str | None = None
     sgd_lr: float = 0.01
     sgd_momentum: float = 0.9
     lr_decay: float = 0.5
@@ -103,6 +106,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         s = "train"
         _check(self.task in TASKS, s, "task", f"{self.task!r} is not one of {', '.join(TASKS)}")
+        if self.optimizer is None:
+            object.__setattr__(self, "optimizer", TASK_OPTIMIZERS[self.task])
         _check(self.optimizer in OPTIMIZERS, s, "optimizer", f"{self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
         _check(self.loss in LOSSES, s, "loss", f"{self.loss!r} is not one of {', '.join(LOSSES)}")
         for key in ("sgd_lr", "adam_alpha", "adam_epsilon"):
@@ -157,6 +162,17 @@ class DataConfig:
                f"{self.normalization!r} is not one of {', '.join(NORMALIZATIONS)}")
         _check(len(self.norm_percentiles) == 2 and 0 <= self.norm_percentiles[0] < self.norm_percentiles[1] <= 100,
                s, "norm_percentiles", f"{self.norm_percentiles!r} is not two percentiles 0 <= low < high <= 100")
+
+
+def check_compatible(model_cfg: ModelConfig, data_cfg: DataConfig) -> None:
+    """Cross-checks between configs (ConfigError naming the CLI flags): every crop side
+    must be a multiple of 2**depth, or the down-sampling path does not fit the crop."""
+    bad = [p for p in data_cfg.patch if p % model_cfg.multiple]
+    if bad:
+        raise ConfigError(
+            f"invalid data.patch: crop {'x'.join(map(str, data_cfg.patch))} (--patch) is not a multiple of "
+            f"2**depth = {model_cfg.multiple} (--depth {model_cfg.depth}); use a crop divisible by "
+            f"{model_cfg.multiple} or a smaller depth")
 
 
 @dataclass(frozen=True)
