@@ -127,7 +127,10 @@ def synth(out: Path, timepoints: int, seed: int, shape, nuclei: int, touching_pa
 @_voxel_option
 @click.option("--seed", type=int, default=None, help="Random seed [0].")
 @click.option("--distribute", is_flag=True, help="Use all GPUs (tf.distribute.MirroredStrategy).")
-def train(network: str, data_dir: Path, out_dir: Path, patch, kernel_size, voxel_size, distribute: bool, **opts) -> None:
+@click.option("--params", "params_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="best_params.json of `qca-tf search`: its architecture and optimiser (other flags override).")
+def train(network: str, data_dir: Path, out_dir: Path, patch, kernel_size, voxel_size, distribute: bool,
+          params_file, **opts) -> None:
     """Train NETWORK (nsn, ndn or the 3D U-Net baseline unet3d) on a dataset.
 
     The best epoch by the validation metric (nsn, unet3d: IoU; ndn: detection
@@ -135,12 +138,26 @@ def train(network: str, data_dir: Path, out_dir: Path, patch, kernel_size, voxel
     """
     from qca_tf.config import DataConfig, TrainConfig, check_compatible, preset
 
-    model_cfg = preset(network, depth=opts.pop("depth"), init_channels=opts.pop("init_channels"),
-                       kernel_size=int(kernel_size) if kernel_size else None)
+    model_over = dict(depth=opts.pop("depth"), init_channels=opts.pop("init_channels"),
+                      kernel_size=int(kernel_size) if kernel_size else None)
+    model_cfg = preset(network, **model_over)
     task = "ndn" if network == "ndn" else "nsn"
     defaults = {"task": task}  # the task's optimiser (ndn: adam) comes from TrainConfig
     names = {"lr": "sgd_lr", "momentum": "sgd_momentum"}
     train_kw = {names.get(k, k): v for k, v in opts.items() if v is not None and k != "val_fraction"}
+    if params_file is not None:  # a search's best configuration; explicit flags still win
+        import dataclasses
+
+        from qca_tf.config import ModelConfig, from_dict, read_json
+        from qca_tf.errors import ConfigError
+
+        found = read_json(params_file)
+        if found.get("network", network) != network or not {"model", "train"} <= set(found):
+            raise ConfigError(f"{params_file}: not the best_params.json of a {network} search "
+                              f"(network {found.get('network')!r}, keys {', '.join(sorted(found))})")
+        model_cfg = dataclasses.replace(from_dict(ModelConfig, found["model"], "model"),
+                                        **{k: v for k, v in model_over.items() if v is not None})
+        defaults = {k: v for k, v in from_dict(TrainConfig, found["train"], "train").__dict__.items()}
     train_cfg = TrainConfig(**{**defaults, **train_kw})
     data_kw = {}
     if patch:

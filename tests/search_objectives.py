@@ -20,6 +20,14 @@ def quick(trial, params, trial_dir: Path) -> Outcome:
     """Two 'epochs' reported to the pruner; a marker file per call; sleeps QCA_TEST_SLEEP s."""
     trial_dir.mkdir(parents=True, exist_ok=True)
     (trial_dir / f"ran-{os.getpid()}").write_text("")
+    barrier = int(os.environ.get("QCA_TEST_BARRIER", "0"))
+    if barrier:  # wait (up to 300 s) until `barrier` worker processes are inside a trial
+        folder = trial_dir.parent.parent / "barrier"
+        folder.mkdir(exist_ok=True)
+        (folder / str(os.getpid())).write_text("")
+        end = time.time() + 300
+        while len(list(folder.iterdir())) < barrier and time.time() < end:
+            time.sleep(0.2)
     time.sleep(float(os.environ.get("QCA_TEST_SLEEP", "0.05")))
     if os.environ.get("QCA_TEST_HANG_TRIAL") == str(trial.number):
         (trial_dir / "hanging").write_text(str(os.getpid()))
