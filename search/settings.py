@@ -22,9 +22,10 @@ SETTINGS_NAME = "search.json"
 
 #: TPE, stated in full (multivariate + group for the optimiser-conditional space,
 #: constant liar so parallel workers do not propose the same point).
+#: (consider_prior, prior_weight, consider_magic_clip, consider_endpoints are deprecated
+#: in Optuna 4.3-4.9: left at their fixed behaviour.)
 TPE_OPTIONS = {"n_startup_trials": 10, "n_ei_candidates": 24, "multivariate": True, "group": True,
-               "constant_liar": True, "consider_prior": True, "prior_weight": 1.0, "consider_magic_clip": True,
-               "consider_endpoints": False, "warn_independent_sampling": False}
+               "constant_liar": True}
 GP_OPTIONS = {"n_startup_trials": 10, "deterministic_objective": False}
 
 
@@ -112,7 +113,11 @@ def make_sampler(name: str, seed: int):
     import optuna
 
     if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, **TPE_OPTIONS)
+        import warnings
+
+        with warnings.catch_warnings():  # "group" is marked experimental
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(seed=seed, **TPE_OPTIONS)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     check_sampler_available(name)

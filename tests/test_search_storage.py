@@ -105,8 +105,9 @@ def test_killed_worker_trial_is_failed_and_retried(tmp_path, monkeypatch):
 
 def test_same_seed_same_suggestions_different_seed_differs(tmp_path):
     def params(out, seed):
-        cfg = _settings(out, 14, seed=seed, warm_start=False)
+        cfg = _settings(out, 14, seed=seed, warm_start=False, trials_per_process=20)
         space = SearchSpace()
+        out.mkdir()
         run_mod.open_study(cfg, space, open_storage(None, out))
         run_worker(cfg, 0, None, objective=search_objectives.quick)
         return [t.params for t in _study(out).get_trials()]
