@@ -168,23 +168,28 @@ def postgres(tmp_path):
             user = "postgres"
         except KeyError:
             pytest.skip("running as root and no unprivileged 'postgres' user to run initdb")
-    pgdir = tmp_path / "pg"
-    pgdir.mkdir()
-    os.chmod(tmp_path, 0o755)
+    import tempfile
+
+    # outside pytest's 0700 tmp folder, so the unprivileged server user can reach it
+    pgdir = Path(tempfile.mkdtemp(prefix="qca-pg-"))
+    os.chmod(pgdir, 0o700)
     as_user = (["runuser", "-u", user, "--"] if user else [])
+    (pgdir / "pw").write_text("s3cret\n")
     if user:
-        shutil.chown(pgdir, user)
+        for p in (pgdir, pgdir / "pw"):
+            shutil.chown(p, user)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    subprocess.run([*as_user, initdb, "-D", str(pgdir / "data"), "-A", "password", "-U", "qca", "--pwfile=/dev/stdin"],
-                   input=b"s3cret\n", check=True, capture_output=True)
+    subprocess.run([*as_user, initdb, "-D", str(pgdir / "data"), "-A", "password", "-U", "qca",
+                    f"--pwfile={pgdir / 'pw'}"], check=True, capture_output=True)
     subprocess.run([*as_user, pg_ctl, "-D", str(pgdir / "data"), "-l", str(pgdir / "log"), "-w", "-o",
                     f"-p {port} -k {pgdir} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True)
     try:
         yield f"postgresql+psycopg://qca:s3cret@127.0.0.1:{port}/postgres"
     finally:
         subprocess.run([*as_user, pg_ctl, "-D", str(pgdir / "data"), "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(pgdir, ignore_errors=True)
 
 
 def test_postgresql_two_workers_exactly_n(tmp_path, postgres, monkeypatch):
