@@ -187,7 +187,9 @@ def run_trial(trial, cfg: st.SearchSettings, space: SearchSpace, objective: Call
     model_cfg, _ = configs_for(cfg.network, params, _base_train(cfg))
     from qca_tf.config import DataConfig
 
-    reason = infeasible_reason(model_cfg, DataConfig(patch=tuple(cfg.patch)), cfg.max_params)
+    # the warm-start preset is the reference point: run it even above --max-params
+    max_params = None if trial.user_attrs.get("warm_start") else cfg.max_params
+    reason = infeasible_reason(model_cfg, DataConfig(patch=tuple(cfg.patch)), max_params)
     if reason:
         return Outcome("PRUNED", reason=f"not run: {reason}")
     trial_dir = out / "trials" / f"{trial.number:04d}"

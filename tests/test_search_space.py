@@ -114,3 +114,21 @@ def test_keras_tuner_hyperparameters_from_the_same_space():
     assert TEN | {"optimizer"} == names
     values = SearchSpace().narrowed({"optimizer": "adam"}).declare_keras_tuner(hp)
     assert values["optimizer"] == "adam" and "sgd_lr" not in values and "adam_alpha" in values
+
+
+def test_too_big_is_pruned_before_training_but_the_warm_start_preset_runs(tmp_path):
+    import search_objectives
+    from qca_tf.search.settings import SearchSettings
+    from qca_tf.search.worker import run_trial
+
+    cfg = SearchSettings(network="ndn", out=str(tmp_path), data="unused", trials=2, study="s", max_params=1000)
+    space = SearchSpace()
+    preset = preset_params("ndn", space)
+    study = optuna.create_study(direction="maximize")
+    study.enqueue_trial(preset, user_attrs={"warm_start": "ndn preset"})
+    study.enqueue_trial(preset)
+    first, second = study.ask(), study.ask()
+    assert run_trial(first, cfg, space, search_objectives.quick, tmp_path).state == "COMPLETE"
+    outcome = run_trial(second, cfg, space, search_objectives.quick, tmp_path)
+    assert outcome.state == "PRUNED" and outcome.reason == "not run: 44,454,170 parameters > --max-params 1,000"
+    assert not (tmp_path / "trials" / "0001").exists()  # nothing trained
