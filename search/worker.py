@@ -170,8 +170,20 @@ def _claim(study: optuna.Study, cfg: st.SearchSettings, out: Path, embedded: boo
     return trial
 
 
+def rss_mb() -> float | None:
+    """Resident memory of this process in MB (Linux), recorded after each trial."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
+
+
 def _record(trial, outcome: Outcome, seconds: float) -> None:
     trial.set_user_attr("seconds", round(seconds, 2))
+    trial.set_user_attr("rss_mb", rss_mb())
     if outcome.epochs is not None:
         trial.set_user_attr("epoch_values", [round(v, 6) for v in outcome.epochs])
     if outcome.reason:
