@@ -160,22 +160,39 @@ def synth(out: Path, timepoints: int, seed: int, shape, nuclei: int, touching_pa
 @click.option("--precision", type=click.Choice(PRECISIONS), default=None,
               help="auto: mixed_float16 with loss scaling on a GPU, float32 on a CPU [auto].")
 @click.option("--distribute", is_flag=True, help="Use all GPUs (tf.distribute.MirroredStrategy).")
+@click.option("--params", "params_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="best_params.json of `qca-tf search`: its architecture and optimiser (other flags override).")
 def train(network: str, data_dir: Path, out_dir: Path, patch, kernel_size, voxel_size, channels, distribute: bool,
-          val_data, normalization, scale_jitter, no_rot90: bool, no_intensity_augment: bool, **opts) -> None:
+          val_data, normalization, scale_jitter, no_rot90: bool, no_intensity_augment: bool, params_file,
+          **opts) -> None:
     """Train NETWORK (nsn, ndn or the 3D U-Net baseline unet3d) on a dataset.
 
     The best epoch by the validation metric (nsn, unet3d: IoU; ndn: detection
     F-measure) is saved in OUT; rerunning an interrupted command resumes it.
     """
-    from qca_tf.config import preset
+    from qca_tf.config import check_compatible, preset
 
-    model_cfg = preset(network, depth=opts.pop("depth"), init_channels=opts.pop("init_channels"),
-                       kernel_size=int(kernel_size) if kernel_size else None,
-                       input_channels=len(channels) if channels else None)
+    model_over = dict(depth=opts.pop("depth"), init_channels=opts.pop("init_channels"),
+                      kernel_size=int(kernel_size) if kernel_size else None,
+                      input_channels=len(channels) if channels else None)
+    model_cfg = preset(network, **model_over)
     task = "ndn" if network == "ndn" else "nsn"
-    defaults = {"task": task, "optimizer": "adam" if task == "ndn" else "sgd"}
+    defaults = {"task": task}  # the task's optimiser (ndn: adam) comes from TrainConfig
     names = {"lr": "sgd_lr", "momentum": "sgd_momentum"}
     train_kw = {names.get(k, k): v for k, v in opts.items() if v is not None and k != "val_fraction"}
+    if params_file is not None:  # a search's best configuration; explicit flags still win
+        import dataclasses
+
+        from qca_tf.config import ModelConfig, from_dict, read_json
+        from qca_tf.errors import ConfigError
+
+        found = read_json(params_file)
+        if found.get("network", network) != network or not {"model", "train"} <= set(found):
+            raise ConfigError(f"{params_file}: not the best_params.json of a {network} search "
+                              f"(network {found.get('network')!r}, keys {', '.join(sorted(found))})")
+        model_cfg = dataclasses.replace(from_dict(ModelConfig, found["model"], "model"),
+                                        **{k: v for k, v in model_over.items() if v is not None})
+        defaults = {k: v for k, v in from_dict(TrainConfig, found["train"], "train").__dict__.items()}
     train_cfg = TrainConfig(**{**defaults, **train_kw})
     data_kw = {}
     if patch:
@@ -193,6 +210,7 @@ def train(network: str, data_dir: Path, out_dir: Path, patch, kernel_size, voxel
     if scale_jitter is not None:
         data_kw["scale_jitter"] = scale_jitter
     data_cfg = DataConfig(**data_kw, rot90=not no_rot90, intensity_augment=not no_intensity_augment)
+    check_compatible(model_cfg, data_cfg)
 
     _tensorflow()
     from qca_tf.train import train as run_training
@@ -200,6 +218,60 @@ def train(network: str, data_dir: Path, out_dir: Path, patch, kernel_size, voxel
     result = run_training(data_dir, out_dir, model_cfg, train_cfg, data_cfg, distribute=distribute, val_data=val_data)
     click.echo(f"best {result.metric_name} {result.best_metric:.4f} at epoch {result.best_epoch}; "
                f"model folder: {result.folder}")
+
+
+# ------------------------------------------------------------------------- search
+
+
+@main.command()
+@click.argument("network", type=click.Choice(["nsn", "ndn", "unet3d"]))
+@click.option("--trials", required=True, type=int, help="Finished trials (complete or pruned) the study must hold.")
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
+              help="Training dataset folder [none: a built-in synthetic embryo made in OUT/data].")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Output folder [qca_search_NETWORK]; rerunning the same command resumes it.")
+@click.option("--engine", default="optuna", show_default=True, help="optuna or keras-tuner.")
+@click.option("--sampler", default="tpe", show_default=True, help="tpe, random or gp (gp needs PyTorch).")
+@click.option("--pruner", default="median", show_default=True, help="median, wilcoxon or none.")
+@click.option("--storage", default=None, metavar="URL",
+              help="Shared study database, e.g. postgresql+psycopg://user:pass@host/db [embedded file in OUT].")
+@click.option("--study", "study_name", default=None, help="Study name [NETWORK].")
+@click.option("--space", "space_file", type=click.Path(path_type=Path), default=None,
+              help="JSON file narrowing ranges or fixing values of the search space.")
+@click.option("--workers", type=int, default=1, show_default=True, help="Worker processes on this machine.")
+@click.option("--epochs", type=int, default=6, show_default=True, help="Epochs per trial.")
+@click.option("--patch", type=click.IntRange(2), multiple=True, metavar="P",
+              help="Crop size: one value (cube) or three (z y x) [32].")
+@click.option("--timeout", type=float, default=None, help="Stop starting trials after this many seconds.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the samplers and of training.")
+@click.option("--max-params", type=int, default=2_000_000, show_default=True,
+              help="Networks with more weights are pruned before training.")
+@click.option("--warm-start/--no-warm-start", default=True, show_default=True,
+              help="Run the published preset as the first trial.")
+@click.option("--keep", type=click.IntRange(1), default=5, show_default=True,
+              help="Trials whose weights stay on disk (the best ones).")
+def search(network: str, trials: int, data_dir, out_dir, engine, sampler, pruner, storage, study_name, space_file,
+           workers, epochs, patch, timeout, seed, max_params, warm_start, keep) -> None:
+    """Bayesian search of NETWORK's ten hyperparameters (architecture + optimiser).
+
+    Writes OUT/best/ (model folder + SavedModel), OUT/best_params.json (for
+    `qca-tf train --params`), OUT/trials.csv and OUT/plots/. Rerun to resume; run the
+    same command on several machines with --storage to share one study.
+    """
+    from qca_tf.search.run import search as run_search
+    from qca_tf.search.settings import SearchSettings
+    from qca_tf.search.storage import redact
+
+    if patch and len(patch) not in (1, 3):
+        raise click.ClickException("--patch: give one value (cube) or three (z y x)")
+    out = out_dir or Path(f"qca_search_{network}")
+    cfg = SearchSettings(network=network, out=str(out), data=str(data_dir) if data_dir else "", trials=trials,
+                         study=study_name or network, engine=engine, sampler=sampler, pruner=pruner,
+                         storage=redact(storage) if storage else None, workers=workers, epochs=epochs,
+                         patch=(tuple(patch) * 3 if len(patch) == 1 else tuple(patch)) if patch else (32, 32, 32),
+                         timeout_s=timeout, seed=seed, max_params=max_params, warm_start=warm_start, keep=keep,
+                         space_file=str(space_file) if space_file else None)
+    run_search(cfg, storage_url=storage, echo=click.echo)
 
 
 # ------------------------------------------------------------------------- predict

@@ -31,6 +31,8 @@ NORMALIZATIONS = ("minmax", "percentile")
 #: Distance (um) within which a predicted nucleus centre matches a true one: the one value of
 #: the detection scores (qca-tf evaluate's default, the NDN validation F-measure, the demo).
 MATCH_DISTANCE_UM = 3.0
+#: The reference's optimiser per task (DESIGN section 2): NSN SGD, NDN Adam.
+TASK_OPTIMIZERS = {"nsn": "sgd", "ndn": "adam"}
 
 
 def check(cond: bool, section: str, key: str, msg: str) -> None:
@@ -97,10 +99,12 @@ class TrainConfig:
     for ``lr_patience`` epochs (noise-tolerant decay on drop). ``loss`` "auto" is
     ``DEFAULT_LOSS[task]`` (ce for nsn, ce+dice for ndn).
     ``precision``: the Keras dtype policy (auto: mixed_float16 with loss scaling on a GPU,
-    float32 on a CPU)."""
+    float32 on a CPU).
+    ``optimizer`` None means the task's reference optimiser (:data:`TASK_OPTIMIZERS`: nsn SGD,
+    ndn Adam)."""
 
     task: str = "nsn"
-    optimizer: str = "sgd"
+    optimizer: str | None = None
     sgd_lr: float = 0.01
     sgd_momentum: float = 0.9
     lr_decay: float = 0.5
@@ -122,6 +126,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         s = "train"
         _check(self.task in TASKS, s, "task", f"{self.task!r} is not one of {', '.join(TASKS)}")
+        if self.optimizer is None:
+            object.__setattr__(self, "optimizer", TASK_OPTIMIZERS[self.task])
         _check(self.optimizer in OPTIMIZERS, s, "optimizer", f"{self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
         _check(self.loss in LOSSES + ("auto",), s, "loss", f"{self.loss!r} is not one of auto, {', '.join(LOSSES)}")
         for key in ("sgd_lr", "adam_alpha", "adam_epsilon"):
@@ -203,6 +209,22 @@ class DataConfig:
         _check(len(self.norm_percentiles) == 2 and 0 <= self.norm_percentiles[0] < self.norm_percentiles[1] <= 100,
                s, "norm_percentiles", f"{self.norm_percentiles!r} is not two percentiles 0 <= low < high <= 100")
         _check(0 <= self.scale_jitter < 0.5, s, "scale_jitter", f"{self.scale_jitter!r} is not in [0, 0.5)")
+
+
+def check_compatible(model_cfg: ModelConfig, data_cfg: DataConfig) -> None:
+    """Cross-checks between configs (ConfigError naming the CLI flags): every crop side
+    must be a multiple of 2**depth, or the down-sampling path does not fit the crop; the
+    chosen file channels must be as many as the model's input channels."""
+    bad = [p for p in data_cfg.patch if p % model_cfg.multiple]
+    if bad:
+        raise ConfigError(
+            f"invalid data.patch: crop {'x'.join(map(str, data_cfg.patch))} (--patch) is not a multiple of "
+            f"2**depth = {model_cfg.multiple} (--depth {model_cfg.depth}); use a crop divisible by "
+            f"{model_cfg.multiple} or a smaller depth")
+    n_channels = len(data_cfg.channels) if data_cfg.channels else 1
+    if n_channels != model_cfg.input_channels:
+        raise ConfigError(f"--channel: the model takes {model_cfg.input_channels} input channel(s) but "
+                          f"{n_channels} file channel(s) are chosen (data.channels {data_cfg.channels})")
 
 
 @dataclass(frozen=True)

@@ -169,3 +169,14 @@ def activation_bytes_per_voxel(cfg: ModelConfig, itemsize: int = 4) -> float:
     skips = sum(cfg.init_channels * 2 ** (i + 1) / 8**i for i in range(cfg.depth))
     work = max((s.c_in + 2 * s.c_out) / 8**s.level for s in _conv_plan(cfg))
     return (skips + work + cfg.input_channels + cfg.n_classes) * itemsize
+
+
+def parameter_count(cfg: ModelConfig) -> int:
+    """Number of weights of ``build_unet(cfg)`` (trainable and BN statistics), computed
+    from the architecture without building it (a search prunes too-big networks with it)."""
+    total = 0
+    for spec in _conv_plan(cfg):
+        total += spec.kernel**3 * spec.c_in * spec.c_out + spec.c_out  # kernel + bias
+        if spec.kind == "conv" and cfg.batch_norm:
+            total += 4 * spec.c_out  # gamma, beta, moving mean, moving variance
+    return int(total)

@@ -1,6 +1,10 @@
 """Training: Keras ``fit`` on random crops, whole-volume validation each epoch, the
 paper's decay-on-drop learning-rate schedule, best-epoch model folder, resumable.
 
+Two steps, so a search trains many configurations on data read once:
+:func:`prepare_data` (collect, check, split; datasets built lazily and reused) and
+:func:`fit` (one configuration, extra Keras callbacks). :func:`train` is both.
+
 Output folder layout::
 
     OUT/config.json, OUT/weights.h5    best epoch (a weights-only model folder, see modelio)
@@ -22,7 +26,7 @@ import tensorflow as tf
 
 from . import io, losses, metrics, modelio, preprocess
 from .atomic import atomic_path
-from .config import DataConfig, ModelConfig, TrainConfig, read_json
+from .config import DataConfig, ModelConfig, TrainConfig, check_compatible, read_json
 from .data import VolumeSpec, check_volume, training_dataset, validation_dataset
 from .errors import ConfigError, InputError, OutputError
 from .infer import resolve_precision
@@ -257,40 +261,89 @@ def _strategy(distribute: bool) -> tf.distribute.Strategy:
     return tf.distribute.get_strategy()
 
 
-def train(data_root: str | os.PathLike, out_dir: str | os.PathLike, model_cfg: ModelConfig,
-          train_cfg: TrainConfig, data_cfg: DataConfig, *, distribute: bool = False,
-          verbose: int = 1, val_data: str | os.PathLike | None = None) -> TrainResult:
-    """Train one network (NSN or NDN task) and save its best epoch as a model folder in ``out_dir``.
+@dataclass
+class PreparedData:
+    """A dataset ready for many fits: volumes found, checked and split once; tf.data
+    pipelines built on first use and reused (their per-volume cache too).
+
+    ``spacing_um``: isotropic network-grid spacing. Datasets: see :mod:`qca_tf.data`.
+    """
+
+    task: str
+    data_cfg: DataConfig
+    train_specs: list[VolumeSpec]
+    val_specs: list[VolumeSpec]
+    spacing_um: float
+    _train_ds: dict = field(default_factory=dict, repr=False)
+    _val_ds: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def ndn_diameter_um(self) -> float:
+        return self.data_cfg.ndn_diameter * self.spacing_um
+
+    def steps_per_epoch(self, train_cfg: TrainConfig) -> int:
+        """Steps per epoch: crops per volume, at least ``train_cfg.min_crops_per_epoch`` crops."""
+        return train_cfg.steps_per_epoch(len(self.train_specs))
+
+    def training(self, batch_size: int, seed: int) -> tf.data.Dataset:
+        """Endless random crops ((b, pz, py, px, c), (b, pz, py, px)), one pipeline per (batch, seed)."""
+        key = (batch_size, seed)
+        if key not in self._train_ds:
+            self._train_ds[key] = training_dataset(self.train_specs, self.data_cfg, batch_size=batch_size,
+                                                   seed=seed, ndn_diameter_um=self.ndn_diameter_um)
+        return self._train_ds[key]
+
+    def validation(self, multiple: int) -> tf.data.Dataset:
+        """Whole validation volumes padded to ``multiple``, one pipeline per multiple."""
+        if multiple not in self._val_ds:
+            self._val_ds[multiple] = validation_dataset(self.val_specs, self.data_cfg, multiple=multiple,
+                                                        ndn_diameter_um=self.ndn_diameter_um)
+        return self._val_ds[multiple]
+
+
+def prepare_data(data_root: str | os.PathLike, task: str, data_cfg: DataConfig, seed: int,
+                 val_data: str | os.PathLike | None = None) -> PreparedData:
+    """Collect and check the volumes of ``data_root`` for ``task`` and split them (seeded).
 
     ``val_data``: a dataset folder to validate on (all of ``data_root`` then trains);
     without it, ``data_cfg.val_fraction`` of the volumes (or, with one volume, of its
-    extent) is held out.
+    extent) is held out."""
+    specs, spacing_um = collect_volumes(data_root, task, data_cfg)
+    if val_data is not None:
+        train_specs = specs
+        val_specs, _ = collect_volumes(val_data, task, data_cfg, spacing_um)
+    else:
+        train_specs, val_specs = split_volumes(specs, data_cfg.val_fraction, seed)
+    log.info("%d training and %d validation volume(s); network grid %.3g um isotropic",
+             len(train_specs), len(val_specs), spacing_um)
+    return PreparedData(task, data_cfg, train_specs, val_specs, spacing_um)
 
-    An interrupted run resumes from its last finished epoch when called again with the
-    same ``out_dir``.
-    """
-    policy = resolve_precision(train_cfg.precision)  # before any work: mixed_float16 needs a GPU
-    log.info("training with precision %s", policy)
-    out = Path(out_dir)
+
+def _writable_folder(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"{out}: cannot create the output folder ({exc.strerror})") from None
     if not os.access(out, os.W_OK):
         raise OutputError(f"{out}: output folder is not writable")
-    n_channels = len(data_cfg.channels) if data_cfg.channels else 1
-    if n_channels != model_cfg.input_channels:
-        raise ConfigError(f"--channel: the model takes {model_cfg.input_channels} input channel(s) but "
-                          f"{n_channels} file channel(s) are chosen (data.channels {data_cfg.channels})")
-    specs, spacing_um = collect_volumes(data_root, train_cfg.task, data_cfg)
-    if val_data is not None:
-        train_specs = specs
-        val_specs, _ = collect_volumes(val_data, train_cfg.task, data_cfg, spacing_um)
-    else:
-        train_specs, val_specs = split_volumes(specs, data_cfg.val_fraction, train_cfg.seed)
-    log.info("%d training and %d validation volume(s); network grid %.3g um isotropic",
-             len(train_specs), len(val_specs), spacing_um)
 
+
+def fit(prepared: PreparedData, out_dir: str | os.PathLike, model_cfg: ModelConfig, train_cfg: TrainConfig, *,
+        callbacks: list[keras.callbacks.Callback] | tuple = (), distribute: bool = False,
+        verbose: int = 1) -> TrainResult:
+    """Fit one configuration on prepared data; save its best epoch as a model folder in ``out_dir``.
+
+    ``callbacks`` run after the epoch callback, so ``logs[train_cfg.metric_name]`` (the
+    validation metric) is in their ``on_epoch_end`` logs. An interrupted run resumes from
+    its last finished epoch when called again with the same ``out_dir``.
+    """
+    if train_cfg.task != prepared.task:
+        raise ConfigError(f"invalid train.task: {train_cfg.task!r} but the data were prepared for {prepared.task!r}")
+    check_compatible(model_cfg, prepared.data_cfg)
+    policy = resolve_precision(train_cfg.precision)  # before any work: mixed_float16 needs a GPU
+    log.info("training with precision %s", policy)
+    out = Path(out_dir)
+    _writable_folder(out)
     resume_dir = out / ".resume"
     rows = read_epochs(out / "epochs.csv") if resume_dir.exists() else []
     meta = resume_dir / "training_metadata.json"
@@ -300,19 +353,30 @@ def train(data_root: str | os.PathLike, out_dir: str | os.PathLike, model_cfg: M
         log.info("resuming after epoch %d", done_epochs)
 
     keras.utils.set_random_seed(train_cfg.seed)
-    diameter_um = data_cfg.ndn_diameter * spacing_um
-    steps = train_cfg.steps_per_epoch(len(train_specs))
-    train_ds = training_dataset(train_specs, data_cfg, batch_size=train_cfg.batch_size,
-                                seed=train_cfg.seed, ndn_diameter_um=diameter_um)
-    train_ds = train_ds.skip(done_epochs * steps)
-    val_ds = validation_dataset(val_specs, data_cfg, multiple=model_cfg.multiple, ndn_diameter_um=diameter_um)
+    steps = prepared.steps_per_epoch(train_cfg)
+    train_ds = prepared.training(train_cfg.batch_size, train_cfg.seed).skip(done_epochs * steps)
+    val_ds = prepared.validation(model_cfg.multiple)
 
     with _strategy(distribute).scope():
         model = build_compiled(model_cfg, train_cfg, policy)
     callback = EpochCallback(out=out, val_ds=val_ds, model_cfg=model_cfg, train_cfg=train_cfg,
-                             data_cfg=data_cfg, spacing_um=spacing_um, rows=rows)
+                             data_cfg=prepared.data_cfg, spacing_um=prepared.spacing_um, rows=rows)
     backup = keras.callbacks.BackupAndRestore(str(resume_dir), save_freq="epoch", delete_checkpoint=True)
     model.fit(train_ds, epochs=train_cfg.epochs, steps_per_epoch=steps,
-              callbacks=[callback, backup], verbose=verbose, shuffle=False)
+              callbacks=[callback, *callbacks, backup], verbose=verbose, shuffle=False)
     return TrainResult(folder=out, metric_name=train_cfg.metric_name, best_epoch=callback.best_epoch,
                        best_metric=callback.best, history=callback.rows)
+
+
+def train(data_root: str | os.PathLike, out_dir: str | os.PathLike, model_cfg: ModelConfig,
+          train_cfg: TrainConfig, data_cfg: DataConfig, *, distribute: bool = False,
+          verbose: int = 1, val_data: str | os.PathLike | None = None) -> TrainResult:
+    """Train one network (NSN or NDN task) and save its best epoch as a model folder in ``out_dir``:
+    :func:`prepare_data` (``val_data``: a folder to validate on) then :func:`fit`. An
+    interrupted run resumes when called again with the same ``out_dir``.
+    """
+    check_compatible(model_cfg, data_cfg)
+    resolve_precision(train_cfg.precision)  # before reading data: mixed_float16 needs a GPU
+    _writable_folder(Path(out_dir))
+    prepared = prepare_data(data_root, train_cfg.task, data_cfg, train_cfg.seed, val_data)
+    return fit(prepared, out_dir, model_cfg, train_cfg, distribute=distribute, verbose=verbose)

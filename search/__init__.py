@@ -1,7 +1,10 @@
-"""Hyperparameter search (installed as ``qca_tf.search``).
+"""Hyperparameter search (installed as ``qca_tf.search``): ``qca-tf search``.
 
-The only package allowed to import optuna and keras_tuner. It will hold the ten
-searched hyperparameters of the paper (DESIGN section 3), the objective (train with
-``qca_tf.train`` and return the validation metric) and the Optuna / keras-tuner
-engines behind ``qca-tf search``. Not implemented yet: nothing here is exported.
+The only package allowed to import optuna and keras_tuner. Modules:
+``space`` (the ten hyperparameters of the paper, DESIGN section 3, defined once),
+``settings`` (the options of a search, explicit sampler and pruner settings),
+``storage`` (embedded journal file or a database; dead-worker recovery),
+``worker`` (one worker process: data prepared once, trials trained with
+``qca_tf.train.fit``), ``run`` (the coordinator behind the CLI) and ``outputs``.
+See docs/search.md.
 """

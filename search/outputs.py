@@ -1,0 +1,124 @@
+"""What a search leaves behind: trials.csv, best_params.json (for ``qca-tf train
+--params``), best/ (model folder + SavedModel export), PNG plots, a table of the top trials."""
+from __future__ import annotations
+
+import csv
+import logging
+import shutil
+from pathlib import Path
+from typing import Callable
+
+import optuna
+from optuna.trial import TrialState
+
+from qca_tf.atomic import atomic_path
+from qca_tf.config import to_dict, write_json_atomic
+
+from . import settings as st
+from .space import SearchSpace, configs_for
+
+log = logging.getLogger(__name__)
+
+
+def trial_dir(out: Path, number: int) -> Path:
+    return out / "trials" / f"{number:04d}"
+
+
+def write_trials_csv(study: optuna.Study, space: SearchSpace, path: Path) -> None:
+    """number, state, every parameter (empty when inactive), value, seconds, reason."""
+    names = [p.name for p in space.params]
+    fields = ["number", "state", *names, "value", "seconds", "reason", "retry_of", "warm_start"]
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=fields)
+        w.writeheader()
+        for t in study.get_trials(deepcopy=False):
+            a = t.user_attrs
+            row = {"number": t.number, "state": t.state.name, "value": "" if t.value is None else f"{t.value:.6f}",
+                   "seconds": a.get("seconds", ""), "reason": a.get("fail_reason") or a.get("prune_reason") or "",
+                   "retry_of": a.get("retry_of", ""), "warm_start": a.get("warm_start", "")}
+            row.update({n: t.params.get(n, "") for n in names})
+            w.writerow(row)
+
+
+def top_table(study: optuna.Study, n: int = 5) -> str:
+    done = sorted((t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE),
+                  key=lambda t: -t.value)[:n]
+    if not done:
+        return "no completed trial"
+    lines = [f"{'rank':>4} {'trial':>5} {'value':>7}  parameters"]
+    for rank, t in enumerate(done, 1):
+        ps = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items())
+        lines.append(f"{rank:>4} {t.number:>5} {t.value:>7.4f}  {ps}")
+    return "\n".join(lines)
+
+
+def write_best(study: optuna.Study, cfg: st.SearchSettings, out: Path) -> Path | None:
+    """OUT/best_params.json and OUT/best/ (the best trial's model folder + savedmodel/)."""
+    from .worker import _base_train
+
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    if not complete:
+        return None
+    best = max(complete, key=lambda t: t.value)
+    model_cfg, train_cfg = configs_for(cfg.network, best.params, _base_train(cfg))
+    write_json_atomic(out / "best_params.json", {
+        "network": cfg.network, "trial": best.number, "value": best.value,
+        "metric": train_cfg.metric_name, "params": best.params,
+        "model": to_dict(model_cfg), "train": to_dict(train_cfg), "data": {"patch": list(cfg.patch)},
+    })
+    src = trial_dir(out, best.number)
+    if not (src / "config.json").exists():
+        return None
+    dst = out / "best"
+    tmp = out / ".best.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp, ignore=shutil.ignore_patterns(".resume"))
+    if not cfg.objective:
+        from qca_tf.export import export_savedmodel
+
+        export_savedmodel(tmp, tmp / "savedmodel")
+    shutil.rmtree(dst, ignore_errors=True)
+    tmp.rename(dst)
+    return dst
+
+
+def write_plots(study: optuna.Study, out: Path) -> list[Path]:
+    """Optimisation history, parameter importances, parallel coordinates (PNG)."""
+    import warnings
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as ovm
+
+    plots = out / "plots"
+    plots.mkdir(exist_ok=True)
+    written = []
+    for name, fn in (("history", ovm.plot_optimization_history), ("importances", ovm.plot_param_importances),
+                     ("parallel_coordinates", ovm.plot_parallel_coordinate)):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ax = fn(study)
+            fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+            path = plots / f"{name}.png"
+            with atomic_path(path) as tmp:
+                fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+            plt.close(fig)
+            written.append(path)
+        except Exception as exc:  # e.g. too few completed trials for importances
+            log.info("plot %s skipped: %s", name, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            plt.close("all")
+    return written
+
+
+def write_outputs(study: optuna.Study, cfg: st.SearchSettings, space: SearchSpace,
+                  echo: Callable[[str], None]) -> None:
+    out = Path(cfg.out)
+    write_trials_csv(study, space, out / "trials.csv")
+    best = write_best(study, cfg, out)
+    write_plots(study, out)
+    echo(top_table(study))
+    if best is not None:
+        echo(f"best model: {best}  parameters: {out / 'best_params.json'}  all trials: {out / 'trials.csv'}")

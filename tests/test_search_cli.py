@@ -1,0 +1,124 @@
+"""`qca-tf search`: bad input gives one line and writes nothing; a real (tiny) training
+search writes best/, best_params.json (accepted by `qca-tf train --params`), trials.csv, plots."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import stat
+
+import pytest
+
+from cli_helpers import invoke, one_line_error
+from qca_tf.search.worker import pruning_callback
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["--trials", 0], ["--trials 0"]),
+    (["--trials", 2, "--sampler", "cmaes"], ["--sampler 'cmaes'", "tpe, random, gp"]),
+    (["--trials", 2, "--pruner", "hyperband"], ["--pruner 'hyperband'"]),
+    (["--trials", 2, "--engine", "sigopt"], ["--engine 'sigopt'"]),
+    (["--trials", 2, "--storage", "postgresql+psycopg://u:pw123@127.0.0.1:1/db"], ["u:***@", "cannot open"]),
+    (["--trials", 2, "--storage", "::nonsense::"], ["not a database URL"]),
+])
+def test_bad_options_one_line_nothing_written(tmp_path, args, fragments):
+    out = tmp_path / "out"
+    res = invoke("search", "ndn", "--out", out, *args)
+    one_line_error(res, *fragments)
+    assert "pw123" not in res.output
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_gp_without_torch_one_line(tmp_path):
+    try:
+        import torch  # noqa: F401
+        pytest.skip("PyTorch is installed here")
+    except ImportError:
+        pass
+    one_line_error(invoke("search", "ndn", "--out", tmp_path / "o", "--trials", 2, "--sampler", "gp"),
+                   "--sampler gp needs PyTorch", "qca_tf[gp]")
+    assert not (tmp_path / "o").exists()
+
+
+def test_space_file_error_one_line(tmp_path):
+    space = tmp_path / "space.json"
+    space.write_text('{"depth": [4, 2]}')
+    one_line_error(invoke("search", "nsn", "--out", tmp_path / "o", "--trials", 2, "--space", space),
+                   "depth: empty range")
+    assert not (tmp_path / "o").exists()
+
+
+def test_data_without_volumes_one_line(tmp_path):
+    (tmp_path / "empty").mkdir()
+    one_line_error(invoke("search", "nsn", "--out", tmp_path / "o", "--trials", 2, "--data", tmp_path / "empty"),
+                   "--data")
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_output_one_line(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(stat.S_IRUSR | stat.S_IXUSR)
+    one_line_error(invoke("search", "nsn", "--out", ro, "--trials", 2), "not writable")
+
+
+class _FakeTrial:
+    def __init__(self):
+        self.reports = []
+
+    def report(self, value, step):
+        self.reports.append((step, value))
+
+    def should_prune(self):
+        return False
+
+
+def test_pruner_watches_a_key_that_is_in_the_keras_logs(synth_dataset, tmp_path):
+    """The value reported to the pruner each epoch is the validation metric that fit puts in the logs."""
+    from qca_tf import train as train_mod
+    from qca_tf.config import DataConfig, ModelConfig, TrainConfig
+
+    root, _ = synth_dataset
+    prepared = train_mod.prepare_data(root, "ndn", DataConfig(patch=(16, 16, 16), val_fraction=0.34), seed=0)
+    trial = _FakeTrial()
+    cfg = TrainConfig(task="ndn", epochs=2, crops_per_volume=1, seed=0)
+    res = train_mod.fit(prepared, tmp_path / "m", ModelConfig(depth=1, init_channels=2), cfg,
+                        callbacks=[pruning_callback(trial, cfg.metric_name)], verbose=0)
+    assert [s for s, _ in trial.reports] == [0, 1]
+    assert [v for _, v in trial.reports] == pytest.approx([float(r["metric"]) for r in res.history], abs=1e-6)
+    with pytest.raises(RuntimeError, match="missing from the Keras logs"):
+        train_mod.fit(prepared, tmp_path / "m2", ModelConfig(depth=1, init_channels=2), cfg,
+                      callbacks=[pruning_callback(_FakeTrial(), "val_typo")], verbose=0)
+
+
+def test_tiny_training_search_end_to_end(synth_dataset, tmp_path):
+    root, _ = synth_dataset
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps({"depth": [1, 2], "init_channels": [2, 3], "kernel_size": [3],
+                                 "optimizer": "adam", "adam_alpha": [1e-3, 5e-3]}))
+    out = tmp_path / "s"
+    args = ["search", "nsn", "--data", root, "--out", out, "--trials", 3, "--epochs", 2, "--patch", 16,
+            "--space", space, "--seed", 1]
+    res = invoke(*args)
+    assert res.exit_code == 0, res.output
+    rows = list(csv.DictReader(open(out / "trials.csv")))
+    assert len(rows) == 3 and {r["state"] for r in rows} <= {"COMPLETE", "PRUNED"}
+    assert sum(ln.startswith("trial ") for ln in res.output.splitlines()) == 3
+    assert "rank trial" in res.output
+    best = json.loads((out / "best_params.json").read_text())
+    assert best["metric"] == "val_iou" and 0 <= best["value"] <= 1
+    assert max(float(r["value"]) for r in rows if r["value"]) == pytest.approx(best["value"], abs=1e-5)
+    assert (out / "best" / "config.json").exists() and (out / "best" / "savedmodel" / "saved_model.pb").exists()
+    assert (out / "plots" / "history.png").exists()
+    settings = json.loads((out / "search.json").read_text())
+    assert settings["recorded"]["sampler_options"]["multivariate"] is True
+    # retyping the command resumes: nothing more to do
+    again = invoke(*args)
+    assert again.exit_code == 0 and "already has 3 finished" in again.output
+    # the best configuration retrains with `qca-tf train --params`
+    res = invoke("train", "nsn", "--data", root, "--out", tmp_path / "re", "--params", out / "best_params.json",
+                 "--epochs", 1, "--patch", 16, "--crops-per-volume", 1)
+    assert res.exit_code == 0, res.output
+    cfg = json.loads((tmp_path / "re" / "config.json").read_text())
+    assert cfg["model"]["depth"] == best["model"]["depth"] and cfg["train"]["adam_alpha"] == best["train"]["adam_alpha"]
