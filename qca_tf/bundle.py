@@ -183,7 +183,7 @@ def load_networks(*, nsn: str | os.PathLike | None = None, ndn: str | os.PathLik
     if nsn is None:
         raise ModelError("no NSN model: give --nsn DIR or --model BUNDLE")
     policy = resolve_precision((infer_cfg or InferenceConfig()).precision)
-    log.info("loading the networks with precision %s", policy)
+    log.debug("loading the networks with precision %s", policy)  # info would break one-line errors
     nets = Networks(nsn=load_model_folder(nsn, dtype_policy=policy),
                     ndn=load_model_folder(ndn, dtype_policy=policy) if ndn is not None else None,
                     postprocess=postprocess_cfg or stored, bundle=meta)

@@ -232,7 +232,6 @@ def train(data_root: str | os.PathLike, out_dir: str | os.PathLike, model_cfg: M
     same ``out_dir``.
     """
     policy = resolve_precision(train_cfg.precision)  # before any work: mixed_float16 needs a GPU
-    log.info("training with precision %s", policy)
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -242,8 +241,8 @@ def train(data_root: str | os.PathLike, out_dir: str | os.PathLike, model_cfg: M
         raise OutputError(f"{out}: output folder is not writable")
     specs, spacing_um = collect_volumes(data_root, train_cfg.task, data_cfg)
     train_specs, val_specs = split_volumes(specs, data_cfg.val_fraction, train_cfg.seed)
-    log.info("%d training and %d validation volume(s); network grid %.3g um isotropic",
-             len(train_specs), len(val_specs), spacing_um)
+    log.info("%d training and %d validation volume(s); network grid %.3g um isotropic; precision %s",
+             len(train_specs), len(val_specs), spacing_um, policy)
 
     resume_dir = out / ".resume"
     rows = read_epochs(out / "epochs.csv") if resume_dir.exists() else []
