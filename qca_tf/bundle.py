@@ -184,7 +184,7 @@ def load_networks(*, nsn: str | os.PathLike | None = None, ndn: str | os.PathLik
         raise ModelError("no NSN model: give --nsn DIR or --model BUNDLE")
     run_cfg = resolve_inference(infer_cfg or InferenceConfig())
     policy = keras_policy(run_cfg)
-    log.info("loading the networks for the %s engine at precision %s", run_cfg.engine, run_cfg.precision)
+    log.debug("loading the networks for the %s engine at precision %s", run_cfg.engine, run_cfg.precision)
     nets = Networks(nsn=load_model_folder(nsn, dtype_policy=policy),
                     ndn=load_model_folder(ndn, dtype_policy=policy) if ndn is not None else None,
                     postprocess=postprocess_cfg or stored, bundle=meta)

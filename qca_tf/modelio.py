@@ -329,8 +329,8 @@ def load_model_folder(folder: str | os.PathLike, *, dtype_policy: str | None = N
         if source.name == WEIGHTS_NAME:
             read_weights(source, model, folder)
         else:
-            log.info("%s: format-1 model folder (model.keras); `qca-tf bundle` or saving it again writes the "
-                     "weights-only format, which loads faster", folder)
+            log.debug("%s: format-1 model folder (model.keras); `qca-tf bundle` or saving it again writes the "
+                      "weights-only format, which loads faster", folder)
             _read_keras_archive(source, model, folder)
     return LoadedModel(model, model_cfg, info["task"], float(info["spacing_um"]), folder, info,
                        data_cfg=data_cfg, precision=precision)

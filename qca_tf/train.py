@@ -341,7 +341,7 @@ def fit(prepared: PreparedData, out_dir: str | os.PathLike, model_cfg: ModelConf
         raise ConfigError(f"invalid train.task: {train_cfg.task!r} but the data were prepared for {prepared.task!r}")
     check_compatible(model_cfg, prepared.data_cfg)
     policy = resolve_precision(train_cfg.precision)  # before any work: mixed_float16 needs a GPU
-    log.info("training with precision %s", policy)
+    log.debug("training with precision %s", policy)
     out = Path(out_dir)
     _writable_folder(out)
     resume_dir = out / ".resume"
