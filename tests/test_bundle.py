@@ -24,6 +24,7 @@ from model_helpers import randomize_bn
 
 CFG = ModelConfig(depth=2, init_channels=4)
 PERCENTILE_3 = DataConfig(resample_order=3, normalization="percentile", norm_percentiles=(2.0, 98.0))
+LINEAR_MINMAX = DataConfig(resample_order=1, normalization="minmax")  # the reference tool's recipe
 F32 = InferenceConfig(precision="float32")
 
 
@@ -36,11 +37,11 @@ def _model_folder(folder, task: str, data_cfg: DataConfig | None, seed: int) -> 
 
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory):
-    """'mixed': NSN recorded percentile + cubic, NDN the defaults; 'same': both percentile + cubic.
+    """'mixed': NSN recorded percentile + cubic, NDN linear + min-max; 'same': both percentile + cubic.
     And one synthetic time point with hot pixels (so min-max and percentile differ)."""
     root = tmp_path_factory.mktemp("bundles")
     _model_folder(root / "mixed" / "nsn", "nsn", PERCENTILE_3, 1)
-    _model_folder(root / "mixed" / "ndn", "ndn", DataConfig(), 2)
+    _model_folder(root / "mixed" / "ndn", "ndn", LINEAR_MINMAX, 2)
     save_bundle(root / "mixed", PostprocessConfig())
     _model_folder(root / "same" / "nsn", "nsn", PERCENTILE_3, 1)
     _model_folder(root / "same" / "ndn", "ndn", PERCENTILE_3, 2)
