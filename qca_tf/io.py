@@ -282,7 +282,11 @@ def _read_selection(tif: tifffile.TiffFile, lay: Layout, t: int | None, channels
     rest = [r for r in lay.roles if r not in "t1"]  # roles of the axes left after basic indexing
     try:
         if series.dataoffset is not None:
-            data = tifffile.memmap(path, series=0, mode="r")[basic]
+            # copy the selection out of the map: only this time point's bytes are read, and a
+            # file rewritten or truncated later cannot fault (SIGBUS) an array still in use
+            mapped = tifffile.memmap(path, series=0, mode="r")
+            data = np.array(mapped[basic])
+            del mapped
         else:
             page_shape = tuple(series.keyframe.shape)
             k = len(lay.full_shape) - len(page_shape)

@@ -255,6 +255,11 @@ def _migrate(info: dict, version: int, path: Path) -> dict:
     if version == 1:  # 1 -> 2: same keys; weights moved from model.keras to weights.h5 (found by file)
         log.debug("%s: migrating model format 1 to %d", path, FORMAT_VERSION)
         info["format"] = FORMAT
+    data = info.get("data")
+    if isinstance(data, dict) and "normalization" not in data:
+        # written before the key existed: those models were trained with min-max scaling
+        # (the DataConfig default is now percentile, so it must not be filled in silently)
+        info["data"] = {**data, "normalization": "minmax"}
     return info
 
 

@@ -54,7 +54,7 @@ def test_openvino_labels_equal_tensorflow_on_trained_networks(trained_bundle, sy
     voxels and the instance labels are identical."""
     bundle, _ = trained_bundle
     root, _ = synth_dataset
-    nets = predict.load_networks(bundle=bundle, precision="float32")
+    nets = predict.load_networks(bundle=bundle, infer_cfg=InferenceConfig(precision="float32"))
     for tp in io.read_series(root / "images"):
         prep = predict.prepare(tp, None, nets.spacing_um)
         results = {}

@@ -100,7 +100,7 @@ def test_receptive_field_values():
                                         (ModelConfig(depth=2, init_channels=2, kernel_size=3), 52)])
 def test_receptive_field_empirical(cfg, length):
     """Perturb each input voxel along z (one batch item each) and record which outputs change:
-    nothing beyond r changes (bit-exactly), and the measured radius is r (the bound is tight)."""
+    nothing beyond r changes (beyond float32 rounding noise), and the measured radius is r (the bound is tight)."""
     keras.utils.set_random_seed(1)
     model = build_unet(cfg)
     randomize_bn(model, np.random.default_rng(1), affine=False)
@@ -110,7 +110,9 @@ def test_receptive_field_empirical(cfg, length):
     for q in range(length):
         batch[q + 1, q, 2, 2, 0] += 5.0
     out = tf.function(lambda t: model(t, training=False))(batch).numpy()
-    changed = np.abs(out[1:] - out[:1]).max(axis=(2, 3, 4)) > 0  # [perturbed z, output z]
+    # [perturbed z, output z]; 1e-6 and not 0: on some CPUs oneDNN's convolution algorithms
+    # (AVX2 without AVX-512) change far-away outputs by float32 rounding noise (~1e-8)
+    changed = np.abs(out[1:] - out[:1]).max(axis=(2, 3, 4)) > 1e-6
     q, p = np.nonzero(changed)
     distance = np.abs(q - p)
     assert distance.max() <= r

@@ -174,7 +174,7 @@ def test_evaluate_cli_table_and_json(predicted, synth_dataset, tmp_path):
     assert res.exit_code == 0, res.output
     data = json.loads((tmp_path / "m.json").read_text())
     for key in ("iou", "dice", "seg", "mucov", "det_precision", "det_recall", "det_f1", "ap@0.5", "f1@0.75"):
-        assert data[key] == pytest.approx(1.0), key
+        assert data["mean"][key] == pytest.approx(1.0), key
     assert [r["name"] for r in data["per_timepoint"]] == ["t0000", "t0001", "t0002"]
     assert "mean (sd)" in res.output
     res = invoke("evaluate", "--pred", out / "labels", "--gt", root / "labels")
@@ -203,7 +203,9 @@ def case(tmp_path, trained_bundle):
             write(path)
         elif image_array is not None:
             tifffile.imwrite(path, image_array, imagej=image_array.ndim <= 5 and image_array.dtype != np.float64,
-                             resolution=(1 / 0.8, 1 / 0.8), metadata={"spacing": 1.75, "unit": "um"})
+                             resolution=(1 / 0.8, 1 / 0.8),
+                             metadata={"spacing": 1.75, "unit": "um",
+                                       **({"axes": "ZYX"} if image_array.ndim == 3 else {})})
         return invoke("predict", path, "--model", bundle, "--out", tmp_path / "out", "--no-quicklook", *extra)
 
     return run
@@ -255,7 +257,7 @@ def test_model_with_other_input_channels(tmp_path, synth_dataset):
     cfg = ModelConfig(depth=1, init_channels=2, input_channels=2)
     save_model_folder(tmp_path / "m2", build_unet(cfg), task="nsn", model_cfg=cfg, spacing_um=0.8)
     one_line_error(invoke("predict", root / "images" / "t0000.tif", "--nsn", tmp_path / "m2", "--out", tmp_path / "o"),
-                   "m2", "input channels")
+                   "m2", "takes 2 channels", "--channel")
 
 
 def test_unwritable_output(tmp_path, trained_bundle, synth_dataset):
