@@ -56,10 +56,10 @@ def test_openvino_labels_equal_tensorflow_on_trained_networks(trained_bundle, sy
     root, _ = synth_dataset
     nets = predict.load_networks(bundle=bundle, infer_cfg=InferenceConfig(precision="float32"))
     for tp in io.read_series(root / "images"):
-        prep = predict.prepare(tp, None, nets.spacing_um)
+        prep = predict.prepare(tp, None, nets.recipes)
         results = {}
         for cfg in (TF, OV):
-            nsn, ndn = predict.segment(nets, prep.volume, cfg)
+            nsn, ndn = predict.segment(nets, prep.volumes, cfg)
             results[cfg.engine] = (nsn, ndn, predict.to_labels(nets, prep.raw.shape, nsn, ndn)[0])
         (t_nsn, t_ndn, t_lab), (o_nsn, o_ndn, o_lab) = results["tensorflow"], results["openvino"]
         assert np.mean((t_nsn > 0.5) == (o_nsn > 0.5)) >= 0.9999
