@@ -40,3 +40,15 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]
         raise OutputError(f"{path}: cannot write there ({exc.strerror or exc})") from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def writable_folder(out: Path) -> None:
+    """Create ``out`` (with parents) and check it is writable: OutputError naming it otherwise."""
+    from .errors import OutputError
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{out}: cannot create the output folder ({exc.strerror})") from None
+    if not os.access(out, os.W_OK):
+        raise OutputError(f"{out}: output folder is not writable")

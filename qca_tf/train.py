@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from . import io, losses, metrics, modelio, preprocess
-from .atomic import atomic_path
+from .atomic import atomic_path, writable_folder
 from .config import DataConfig, ModelConfig, TrainConfig, check_compatible, read_json
 from .data import VolumeSpec, check_volume, training_dataset, validation_dataset
 from .errors import ConfigError, InputError, OutputError
@@ -319,13 +319,6 @@ def prepare_data(data_root: str | os.PathLike, task: str, data_cfg: DataConfig, 
     return PreparedData(task, data_cfg, train_specs, val_specs, spacing_um)
 
 
-def _writable_folder(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"{out}: cannot create the output folder ({exc.strerror})") from None
-    if not os.access(out, os.W_OK):
-        raise OutputError(f"{out}: output folder is not writable")
 
 
 def fit(prepared: PreparedData, out_dir: str | os.PathLike, model_cfg: ModelConfig, train_cfg: TrainConfig, *,
@@ -343,7 +336,7 @@ def fit(prepared: PreparedData, out_dir: str | os.PathLike, model_cfg: ModelConf
     policy = resolve_precision(train_cfg.precision)  # before any work: mixed_float16 needs a GPU
     log.debug("training with precision %s", policy)
     out = Path(out_dir)
-    _writable_folder(out)
+    writable_folder(out)
     resume_dir = out / ".resume"
     rows = read_epochs(out / "epochs.csv") if resume_dir.exists() else []
     meta = resume_dir / "training_metadata.json"
@@ -377,6 +370,6 @@ def train(data_root: str | os.PathLike, out_dir: str | os.PathLike, model_cfg: M
     """
     check_compatible(model_cfg, data_cfg)
     resolve_precision(train_cfg.precision)  # before reading data: mixed_float16 needs a GPU
-    _writable_folder(Path(out_dir))
+    writable_folder(Path(out_dir))
     prepared = prepare_data(data_root, train_cfg.task, data_cfg, train_cfg.seed, val_data)
     return fit(prepared, out_dir, model_cfg, train_cfg, distribute=distribute, verbose=verbose)

@@ -27,6 +27,7 @@ import optuna
 from optuna.trial import TrialState
 
 from qca_tf import __version__
+from qca_tf.atomic import writable_folder
 from qca_tf.errors import ConfigError, InputError, OutputError
 
 from . import settings as st
@@ -41,13 +42,6 @@ BUILTIN = {"shape": (16, 64, 64), "n_nuclei": 6, "timepoints": 4}
 IDENTITY_KEYS = ("network", "space_signature", "epochs", "patch")
 
 
-def _writable(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"{out}: cannot create the output folder ({exc.strerror})") from None
-    if not os.access(out, os.W_OK):
-        raise OutputError(f"{out}: output folder is not writable")
 
 
 def builtin_data(out: Path, seed: int) -> Path:
@@ -233,7 +227,7 @@ def search(cfg: st.SearchSettings, *, storage_url: str | None = None, echo: Call
     space = SearchSpace.from_file(cfg.space_file)
     if cfg.data and not cfg.objective:
         _check_data(cfg)  # before anything is written
-    _writable(out)
+    writable_folder(out)
     storage = open_storage(storage_url, out)
     if cfg.data == "":
         cfg = dataclasses.replace(cfg, data=str(builtin_data(out, cfg.seed)))
