@@ -33,12 +33,7 @@ def fresh_venv(wheel, tmp_path_factory) -> Path:
     """A new virtual environment with the wheel installed; dependencies come from this
     interpreter's site-packages through a .pth file (appended, so they cannot shadow the wheel)."""
     venv = tmp_path_factory.mktemp("venv")
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    py = venv / "bin" / "python"
-    purelib = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                             check=True, capture_output=True, text=True).stdout.strip()
-    deps = [sysconfig.get_paths()["purelib"], *site.getsitepackages()]
-    Path(purelib, "_qca_test_deps.pth").write_text("\n".join(dict.fromkeys(deps)) + "\n")
+    py = _venv_with_parent_deps(venv)
     # --ignore-installed: the qca_tf installed in the parent environment (visible through the
     # .pth) must not satisfy the requirement, and must not be uninstalled either
     subprocess.run([str(py), "-m", "pip", "install", "--no-deps", "--no-index", "--ignore-installed", "-q", str(wheel)],
