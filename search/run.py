@@ -165,15 +165,24 @@ class _Follower:
         self.bar.close()
 
 
-def _spawn(settings_path: Path, index: int, storage_url: str | None, out: Path) -> subprocess.Popen:
+def worker_command(settings_path: Path, index: int, storage_url: str | None) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment of one worker process."""
     env = dict(os.environ)
+    if "PYTHONPATH" in env:  # an empty entry (``export PYTHONPATH=$PYTHONPATH:/x``) means the current folder
+        env["PYTHONPATH"] = os.pathsep.join(p for p in env["PYTHONPATH"].split(os.pathsep) if p)
     if storage_url:
         env[STORAGE_ENV] = storage_url
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # -P: the current folder is not put on sys.path; run from a source checkout with a regular
+    # install, the checkout's qca_tf/ (which has no search/ inside) would shadow the installed one
+    return [sys.executable, "-P", "-m", "qca_tf.search.worker", str(settings_path), str(index)], env
+
+
+def _spawn(settings_path: Path, index: int, storage_url: str | None, out: Path) -> subprocess.Popen:
+    argv, env = worker_command(settings_path, index, storage_url)
     (out / "logs").mkdir(exist_ok=True)
     logf = open(out / "logs" / f"worker-{index}.log", "a")
-    return subprocess.Popen([sys.executable, "-m", "qca_tf.search.worker", str(settings_path), str(index)],
-                            stdout=logf, stderr=subprocess.STDOUT, env=env)
+    return subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, env=env)
 
 
 def run_workers(cfg: st.SearchSettings, study: optuna.Study, storage_url: str | None, echo: Callable[[str], None],

@@ -34,9 +34,7 @@ def fresh_venv(wheel, tmp_path_factory) -> Path:
     interpreter's site-packages through a .pth file (appended, so they cannot shadow the wheel)."""
     venv = tmp_path_factory.mktemp("venv")
     py = _venv_with_parent_deps(venv)
-    # --ignore-installed: the qca_tf installed in the parent environment (visible through the
-    # .pth) must not satisfy the requirement, and must not be uninstalled either
-    subprocess.run([str(py), "-m", "pip", "install", "--no-deps", "--no-index", "--ignore-installed", "-q", str(wheel)],
+    subprocess.run([str(py), "-m", "pip", "install", "--no-deps", "--no-index", "-q", str(wheel)],
                    check=True)
     return venv
 
@@ -98,8 +96,16 @@ def _venv_with_parent_deps(venv: Path) -> Path:
     py = venv / "bin" / "python"
     purelib = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                              check=True, capture_output=True, text=True).stdout.strip()
-    deps = [sysconfig.get_paths()["purelib"], *site.getsitepackages()]
-    Path(purelib, "_qca_test_deps.pth").write_text("\n".join(dict.fromkeys(deps)) + "\n")
+    # the parent's own qca_tf (regular or editable install) is left out: a regular install on
+    # sys.path would win over an editable finder and hide what the test installs
+    shadow = venv.parent / f"{venv.name}-deps"
+    shadow.mkdir()
+    for site_dir in dict.fromkeys([sysconfig.get_paths()["purelib"], *site.getsitepackages()]):
+        for entry in Path(site_dir).iterdir():
+            own = entry.name.startswith(("qca_tf", "__editable__", "_qca_test"))
+            if not own and not (shadow / entry.name).exists():
+                (shadow / entry.name).symlink_to(entry)
+    Path(purelib, "_qca_test_deps.pth").write_text(f"{shadow}\n")
     return py
 
 
@@ -108,8 +114,7 @@ def test_editable_install_console_script(tmp_path):
     importing from the source tree."""
     venv = tmp_path / "venv"
     py = _venv_with_parent_deps(venv)
-    subprocess.run([str(py), "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--ignore-installed",
-                    "-q", "-e", str(ROOT)], check=True, cwd=tmp_path)
+    subprocess.run([str(py), "-m", "pip", "install", "--no-deps", "--no-build-isolation", "-q", "-e", str(ROOT)], check=True, cwd=tmp_path)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
     res = subprocess.run([str(venv / "bin" / "qca-tf"), "--help"], capture_output=True, text=True, cwd=tmp_path,
                          env=env)
@@ -119,3 +124,19 @@ def test_editable_install_console_script(tmp_path):
         [str(py), "-c", "import qca_tf.cli, qca_tf.search; print(qca_tf.cli.__file__); print(qca_tf.search.__file__)"],
         capture_output=True, text=True, cwd=tmp_path, env=env, check=True).stdout.split()
     assert where == [str(ROOT / "qca_tf" / "cli.py"), str(ROOT / "search" / "__init__.py")]
+
+
+def test_search_worker_starts_from_source_checkout(fresh_venv, tmp_path, monkeypatch):
+    """A regular install run from the source folder (as in CI, or a user in a clone): the worker
+    processes must import the installed qca_tf.search, not the checkout's qca_tf/ (which has no
+    search/ inside), even with an empty PYTHONPATH entry that stands for the current folder."""
+    from qca_tf.search.run import worker_command
+
+    monkeypatch.setenv("PYTHONPATH", os.pathsep + str(tmp_path))
+    (tmp_path / "logs").mkdir()
+    argv, env = worker_command(tmp_path / "missing-settings.json", 0, None)
+    argv[0] = str(fresh_venv / "bin" / "python")
+    res = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, env=env)
+    assert "No module named" not in res.stderr, res.stderr
+    assert res.returncode == 2, res.stderr  # EXIT_CONFIG: the settings file is missing, reported in logs/
+    assert "missing-settings.json" in (tmp_path / "logs" / "worker-0.error").read_text()

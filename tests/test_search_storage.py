@@ -10,7 +10,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -84,9 +83,10 @@ def test_killed_worker_trial_is_failed_and_retried(tmp_path, monkeypatch):
     cfg = _settings(out, 4, warm_start=False)
     run_mod.search(_settings(out, 1, warm_start=False), echo=lambda s: None, progress=False)  # study + settings
     cfg.write(out / "search.json")
-    env = {**os.environ, "QCA_TEST_HANG_TRIAL": "2"}
-    proc = subprocess.Popen([sys.executable, "-m", "qca_tf.search.worker", str(out / "search.json"), "0"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    monkeypatch.setenv("QCA_TEST_HANG_TRIAL", "2")
+    argv, env = run_mod.worker_command(out / "search.json", 0, None)  # the command the search itself runs
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    monkeypatch.delenv("QCA_TEST_HANG_TRIAL")
     marker = out / "trials" / "0002" / "hanging"
     deadline = time.time() + 240
     while not marker.exists() and time.time() < deadline:
