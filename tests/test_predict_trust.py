@@ -184,7 +184,7 @@ def test_bad_time_point_does_not_stop_the_others(trained_bundle, synth_dataset, 
         if i == 1:
             image[3, 10, 10] = np.nan
         tifffile.imwrite(images / f"t{i:04d}.tif", image, imagej=True, resolution=(1 / 0.8, 1 / 0.8),
-                         metadata={"spacing": 1.75, "unit": "um"})
+                         metadata={"axes": "ZYX", "spacing": 1.75, "unit": "um"})
     out = tmp_path / "out"
     one_line_error(invoke("-q", "predict", images, "--model", bundle, "--out", out, *QUIET),
                    "time point t0001 not segmented", "t0001.tif: contains NaN voxels", "the other 2 time point(s)")
@@ -240,11 +240,11 @@ def test_stack_too_large_for_memory_and_thin_stack(trained_bundle, synth_dataset
     root, _ = synth_dataset
     monkeypatch.setattr(predict, "available_memory", lambda: 200_000)
     res = invoke("-q", "predict", root / "images" / "t0000.tif", "--model", bundle, "--out", tmp_path / "o")
-    one_line_error(res, "t0000.tif: a time point of 16 x 64 x 64 voxels (131.1 KB", "more than the")
+    one_line_error(res, "t0000.tif: a time point of 16 x 64 x 64 voxels (131.1 KB as stored) needs about 2.4 MB", "more than the")
     monkeypatch.undo()
     thin = tmp_path / "thin.tif"
     tifffile.imwrite(thin, np.ones((2, 32, 32), np.uint16), imagej=True, resolution=(1 / 0.8, 1 / 0.8),
-                     metadata={"spacing": 1.75, "unit": "um"})
+                     metadata={"axes": "ZYX", "spacing": 1.75, "unit": "um"})
     warnings = []
     monkeypatch.setattr(predict.log, "warning", lambda msg, *a: warnings.append(msg % a))
     predict.preflight([thin], tmp_path / "t", model_folder=bundle / "nsn")
