@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import tifffile
 
-from qca_tf import io
 from cli_helpers import invoke, one_line_error
 
 QUIET = ("--no-quicklook",)
