@@ -343,6 +343,13 @@ def predict(inputs, out_dir: Path, bundle, nsn, ndn, voxel_size, channels, nsn_t
         raise click.UsageError("give --model BUNDLE (a folder or a name) or --nsn DIR (and --ndn DIR)")
     infer_cfg = InferenceConfig(precision=precision, tile=tuple(tile) if tile else None, max_memory_gb=max_memory,
                                 jit=jit, batch_size=batch_size, engine=engine)
+    from qca_tf.predict import preflight
+    from qca_tf.bundle import read_bundle
+    from qca_tf.registry import resolve
+
+    # inputs, voxel sizes, output folder and memory are checked before TensorFlow and the models load
+    preflight(list(inputs), out_dir, model_folder=nsn or (read_bundle(resolve(bundle)).nsn if bundle else None),
+              channels=tuple(channels), voxel_size=VoxelSize.from_xyz(voxel_size) if voxel_size else None)
     _tensorflow()
     from qca_tf.bundle import load_networks
     from qca_tf.engines import resolve_inference

@@ -241,6 +241,13 @@ def _layout(tif: tifffile.TiffFile, path: Path) -> Layout:
     return Layout(path, axes, shape, full_shape, roles, labelled, _channel_names(tif, n_c) if n_c > 1 else ())
 
 
+def stack_dtype(path: str | os.PathLike) -> np.dtype:
+    """The stored dtype of a TIFF's first series (reads only its metadata)."""
+    path = Path(path)
+    with _open(path) as tif:
+        return np.dtype(_series_of(tif, path).dtype)
+
+
 def read_layout(path: str | os.PathLike) -> Layout:
     """The :class:`Layout` of a TIFF (reads only its metadata)."""
     path = Path(path)

@@ -12,13 +12,16 @@ Output folder::
     OUT/labels/<name>.tif      uint16 instance labels, ImageJ metadata with the voxel size
     OUT/nsn/, OUT/ndn/         uint8 masks (optional)
     OUT/nuclei/<name>.csv      per-nucleus criteria of one time point (its completion marker)
+    OUT/nuclei/<name>.json     what made it: model hashes, parameters, input identity (qca_tf.resume)
     OUT/nuclei.csv             per nucleus, all time points
     OUT/criteria.csv           per time point: count, volume and surface statistics
     OUT/plots/                 timeseries.png and quicklook/<name>.png
     OUT/run.json               versions, parameters, timings
 
 A time point whose ``nuclei/<name>.csv`` exists is skipped on a rerun (unless
-``overwrite``), so an interrupted job resumes where it stopped.
+``overwrite``) when its record matches this run, so an interrupted job resumes where
+it stopped; a record that differs is an error. Concurrent processes on one folder
+claim time points (see :mod:`qca_tf.resume`) instead of computing them twice.
 """
 from __future__ import annotations
 
@@ -37,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, criteria, io, plots, postprocess, preprocess
+from . import __version__, criteria, io, plots, postprocess, preprocess, resume
 from .bundle import Networks, load_networks  # noqa: F401  (load_networks: the loader of a predict job)
 from .config import InferenceConfig, to_dict, write_json_atomic
 from .errors import InputError, ModelError, OutputError
@@ -145,6 +148,8 @@ class RunSummary:
     skipped: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     summary_rows: list[dict] = field(default_factory=list)
+    busy: list[str] = field(default_factory=list)            # claimed by another live process
+    failed: dict[str, str] = field(default_factory=dict)     # bad time point -> its error
 
 
 def _check_output(out: Path) -> None:
@@ -186,9 +191,77 @@ def discover(inputs: list[str | os.PathLike], channels: tuple[int, ...] | None =
     return tps
 
 
+THIN_UM = 5.0  # a small nucleus's diameter: a thinner stack cuts every nucleus
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this process can still use (MemAvailable, capped by a cgroup limit), or None."""
+    avail = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                avail = int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+        if limit.isdigit():
+            avail = min(avail or int(limit), int(limit) - used)
+    except (OSError, ValueError):
+        pass
+    return avail
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.1f} KB"
+
+
+def preflight(inputs: list[str | os.PathLike], out_dir: str | os.PathLike, *, model_folder=None,
+              channels: tuple[int, ...] = (), voxel_size: io.VoxelSize | None = None) -> None:
+    """The checks of a predict job that need neither TensorFlow nor pixels, run before the models
+    load: every input readable with z, y, x axes (and the channels), a voxel size for each, the
+    output folder writable, one time point's working set within the free memory (refused, with
+    its size, before reading), and a warning for a stack thinner than a nucleus. ``model_folder``
+    (the NSN's, optional) gives the network grid and the channels a multi-channel model records."""
+    from .errors import QcaError
+    from .modelio import read_model_config
+
+    spacing, chosen = None, tuple(channels) or None
+    if model_folder is not None:
+        try:
+            info, model_cfg = read_model_config(model_folder)
+            spacing = float(info["spacing_um"])
+            if chosen is None and model_cfg.input_channels > 1:
+                chosen = tuple((info.get("data") or {}).get("channels") or ()) or None
+        except (QcaError, KeyError, TypeError, ValueError):
+            pass  # the model loader reports what is wrong with the model
+    tps = discover(inputs, chosen)
+    _check_output(Path(out_dir))
+    free = available_memory()
+    for source in dict.fromkeys(tp.source for tp in tps):
+        voxel = io.voxel_size_of(source, voxel_size)
+        lay = io.read_layout(source)
+        z, y, x = lay.zyx
+        n_c = len(chosen) if chosen else 1
+        raw = z * y * x * n_c * io.stack_dtype(source).itemsize
+        grid = raw
+        if spacing:  # float32 volume per channel, NSN + NDN probabilities and int32 labels on the network grid
+            grid_voxels = (z * voxel.z / spacing) * (y * voxel.y / spacing) * (x * voxel.x / spacing)
+            grid = grid_voxels * (4 * n_c + 12)
+        need = raw + grid
+        if free is not None and need > free:
+            raise InputError(f"{source}: a time point of {z} x {y} x {x} voxels ({_gb(raw)} as stored) needs about "
+                             f"{_gb(need)} to segment, more than the {_gb(free)} of memory available")
+        if z < 3 or z * voxel.z < THIN_UM:
+            log.warning("%s: only %d z slice(s) (%.1f um): thinner than a nucleus (about %g um); nuclei will be cut "
+                        "and their volumes wrong", source, z, z * voxel.z, THIN_UM)
+
+
 def _postprocess_and_write(nets: Networks, prep: Prepared, nsn_prob, ndn_prob, out: Path,
-                           opts: PredictOptions, index: int) -> dict[str, float]:
-    """Watershed, write labels (+ masks, quick-look) and the time point's nuclei CSV (last)."""
+                           opts: PredictOptions, index: int, record: tuple[dict, dict] | None = None) -> dict[str, float]:
+    """Watershed, write labels (+ masks, quick-look), the record of what produced the time point
+    (``record``: run and input identity, :mod:`qca_tf.resume`) and its nuclei CSV (last)."""
     t0 = time.perf_counter()
     labels, nsn_mask, ndn_mask = to_labels(nets, prep.raw.shape, nsn_prob, ndn_prob, prep.tp.name)
     t1 = time.perf_counter()
@@ -202,6 +275,8 @@ def _postprocess_and_write(nets: Networks, prep: Prepared, nsn_prob, ndn_prob, o
     if opts.quicklook:
         plots.plot_quicklook(prep.raw, labels, out / "plots" / "quicklook" / f"{name}.png", prep.voxel,
                              title=f"{name}: {int(labels.max())} nuclei")
+    if record is not None:
+        resume.write_record(out, name, *record)
     criteria.write_csv(out / "nuclei" / f"{name}.csv", rows, criteria.NUCLEUS_FIELDS)
     return {"watershed": t1 - t0, "write": time.perf_counter() - t1}
 
@@ -238,65 +313,127 @@ def collect_tables(out: Path, tps: list[io.TimePoint]) -> tuple[list[dict], list
 def _progress(total: int, enabled: bool):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, unit="tp", desc="predict", disable=not enabled, leave=True)
+    # disable=None: no bar when stderr is not a terminal (a log file or a pipe)
+    return tqdm(total=total, unit="tp", desc="predict", disable=None if enabled else True, leave=True)
 
 
 def predict_series(inputs: list[str | os.PathLike], out_dir: str | os.PathLike, nets: Networks,
                    infer_cfg: InferenceConfig, opts: PredictOptions) -> RunSummary:
-    """Segment every time point of ``inputs`` into ``out_dir`` (see the module docstring)."""
+    """Segment every time point of ``inputs`` into ``out_dir`` (see the module docstring).
+
+    A finished time point made by another model, other parameters or another input is an
+    OutputError (before any work); a bad time point (NaN voxels) does not stop the others:
+    the run finishes them, writes the tables and then raises one InputError naming it."""
+    from .engines import resolve_engine
+
     out = Path(out_dir)
     tps = discover(inputs, opts.channels)
     _check_output(out)
     shard_i, shard_n = opts.shard
     mine = [(i, tp) for i, tp in enumerate(tps) if i % shard_n == shard_i]
-    finished = {tp.name for _, tp in mine if not opts.overwrite and (out / "nuclei" / f"{tp.name}.csv").exists()}
-    todo = [(i, tp) for i, tp in mine if tp.name not in finished]
-    run = RunSummary(out=out, skipped=[tp.name for _, tp in mine if tp.name in finished])
+    voxels = {source: io.voxel_size_of(source, opts.voxel_size)  # fail before any work, not at time point 57
+              for source in dict.fromkeys(tp.source for _, tp in mine)}
+    identity = resume.run_identity(nets, resolve_engine(infer_cfg.engine))
+    sources = {tp.name: resume.input_identity(tp, voxels[tp.source]) for _, tp in mine}
+    with resume.run_lock(out):
+        resume.remove_stale_temps(out)
+
+    def finished(tp: io.TimePoint) -> bool:
+        """Finished by a run like this one (a different one is an OutputError)."""
+        if opts.overwrite or not (out / "nuclei" / f"{tp.name}.csv").exists():
+            return False
+        resume.check_finished(out, tp.name, identity, sources[tp.name])
+        return True
+
+    done_before = {tp.name for _, tp in mine if finished(tp)}
+    todo = [(i, tp) for i, tp in mine if tp.name not in done_before]
+    run = RunSummary(out=out, skipped=[tp.name for _, tp in mine if tp.name in done_before])
     if run.skipped:
         log.info("skipping %d finished time point(s) (use --overwrite to redo them)", len(run.skipped))
-    for source in dict.fromkeys(tp.source for _, tp in todo):  # fail before any work, not at time point 57
-        io.voxel_size_of(source, opts.voxel_size)
     totals = {"read": 0.0, "networks": 0.0, "watershed": 0.0, "write": 0.0}
     t_start = time.perf_counter()
 
     def produce():
+        """(index, time point, Prepared or the InputError of a bad time point), for the time points
+        this process claims; those another live process claims are left to it."""
         for index, tp in todo:
-            yield index, prepare(tp, opts.voxel_size, nets.recipes)
+            if not resume.claim(out, tp.name):
+                run.busy.append(tp.name)
+                continue
+            if finished(tp):  # another process finished it since we looked
+                run.skipped.append(tp.name)
+                resume.release(out, tp.name)
+                continue
+            try:
+                yield index, tp, prepare(tp, opts.voxel_size, nets.recipes)
+            except InputError as exc:
+                resume.release(out, tp.name)
+                yield index, tp, exc
+
+    def raise_failed(futures: list[Future], wait_for: int) -> list[Future]:
+        """Drop finished post-processing, re-raising its error at once; wait while more than
+        ``wait_for`` are queued (the networks do not run ahead of a failed or slow writer)."""
+        while futures and (futures[0].done() or len(futures) > wait_for):
+            _account(totals, futures.pop(0).result())
+        return futures
 
     bar = None
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qca-post") if opts.pipelined else None
+    items = _prefetch(produce(), depth=2) if opts.pipelined else produce()
     try:
-        if opts.pipelined:
-            items = _prefetch(produce(), depth=2)
-            pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qca-post")
-        else:
-            items, pool = produce(), None
         pending: list[Future] = []
-        for index, prep in items:
+        for index, tp, prep in items:
             if bar is None:  # shown once the first time point has been read and checked
                 bar = _progress(len(todo), opts.progress)
+            if isinstance(prep, InputError):
+                log.info("%s: not segmented: %s", tp.name, prep)
+                run.failed[tp.name] = str(prep)
+                bar.update()
+                continue
+            record = (identity, sources[tp.name])
+            if pool is not None:
+                raise_failed(pending, wait_for=1)
             totals["read"] += prep.seconds
             t0 = time.perf_counter()
             nsn_prob, ndn_prob = segment(nets, prep.volumes, infer_cfg)
             totals["networks"] += time.perf_counter() - t0
             if pool is None:
-                _account(totals, _postprocess_and_write(nets, prep, nsn_prob, ndn_prob, out, opts, index))
+                _account(totals, _postprocess_and_write(nets, prep, nsn_prob, ndn_prob, out, opts, index, record))
+                resume.release(out, tp.name)
                 bar.update()
             else:
-                fut = pool.submit(_postprocess_and_write, nets, prep, nsn_prob, ndn_prob, out, opts, index)
-                fut.add_done_callback(lambda _f: bar.update())
+                fut = pool.submit(_postprocess_and_write, nets, prep, nsn_prob, ndn_prob, out, opts, index, record)
+                fut.add_done_callback(lambda _f, name=tp.name: (resume.release(out, name), bar.update()))
                 pending.append(fut)
-            run.processed.append(prep.tp.name)
-        for fut in pending:
-            _account(totals, fut.result())
-        if pool is not None:
-            pool.shutdown()
+            run.processed.append(tp.name)
+        raise_failed(pending, wait_for=0)
     finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        if hasattr(items, "close"):
+            items.close()  # stops the reader thread
+        for _, tp in todo:
+            resume.release(out, tp.name)
         if bar is not None:
             bar.close()
     totals["total"] = time.perf_counter() - t_start
     run.timings = totals
-    run.summary_rows, _ = collect_tables(out, tps)
-    _write_run_json(out, inputs, nets, infer_cfg, opts, run)
+    with resume.run_lock(out):
+        run.summary_rows, _ = collect_tables(out, tps)
+        _write_run_json(out, inputs, nets, infer_cfg, opts, run, identity)
+    if run.busy:
+        log.warning("%d time point(s) are being segmented by another process (%s); the last process to "
+                    "finish writes the complete tables", len(run.busy), ", ".join(run.busy[:5]))
+    if run.failed:
+        first, problem = next(iter(run.failed.items()))
+        if len(run.failed) == len(mine):
+            raise InputError(problem if len(mine) == 1 else f"no time point segmented: {problem} (and "
+                             f"{len(mine) - 1} more; run.json says why)")
+        more = list(run.failed)[1:]
+        others = (f" (and {len(more)} more: {', '.join(more[:5])}{' ...' if len(more) > 5 else ''}; run.json "
+                  "says why)") if more else ""
+        raise InputError(f"time point {first} not segmented: {problem}{others}; the other "
+                         f"{len(mine) - len(run.failed)} time point(s) are in {out}")
     return run
 
 
@@ -351,8 +488,27 @@ def _openvino_version(engine: str) -> str | None:
     return openvino.__version__
 
 
+def _shard_records(out: Path, identity: dict, opts: PredictOptions, run: RunSummary) -> dict[str, dict]:
+    """run.json's "shards": every shard's record (I/N -> what it did), merged with those of the
+    earlier or concurrent runs of the same identity already in ``out/run.json`` (call under the run lock)."""
+    import json
+
+    try:
+        old = json.loads((out / "run.json").read_text())
+    except (OSError, ValueError):
+        old = {}
+    shards = dict(old.get("shards") or {}) if old.get("identity") == identity else {}
+    key = f"{opts.shard[0]}/{opts.shard[1]}"
+    before = shards.get(key) or {}
+    processed = list(dict.fromkeys([*(before.get("processed") or []), *run.processed]))
+    shards[key] = {"processed": processed, "skipped": [n for n in run.skipped if n not in processed],
+                   "busy": run.busy, "failed": run.failed, "host": platform.node(), "pid": os.getpid(),
+                   "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "timings_s": run.timings}
+    return dict(sorted(shards.items()))
+
+
 def _write_run_json(out: Path, inputs, nets: Networks, infer_cfg: InferenceConfig, opts: PredictOptions,
-                    run: RunSummary) -> None:
+                    run: RunSummary, identity: dict | None = None) -> None:
     import keras
     import tensorflow as tf
 
@@ -376,6 +532,10 @@ def _write_run_json(out: Path, inputs, nets: Networks, infer_cfg: InferenceConfi
                     "channels": None if opts.channels is None else list(opts.channels)},
         "processed": run.processed,
         "skipped": run.skipped,
+        "failed": run.failed,
+        "busy": run.busy,
         "timings_s": run.timings,
+        "identity": identity,
+        "shards": _shard_records(out, identity, opts, run) if identity is not None else {},
     }
     write_json_atomic(out / "run.json", payload)

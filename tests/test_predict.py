@@ -196,7 +196,7 @@ def test_evaluate_shape_mismatch_and_missing(synth_dataset, tmp_path):
 def case(tmp_path, trained_bundle):
     bundle, _ = trained_bundle
 
-    def run(image_array=None, *, name="x.tif", extra=(), write=None):
+    def run(image_array=None, *, name="x.tif", extra=(), write=None, quiet=False):
         path = tmp_path / "in" / name
         path.parent.mkdir(exist_ok=True)
         if write is not None:
@@ -206,7 +206,8 @@ def case(tmp_path, trained_bundle):
                              resolution=(1 / 0.8, 1 / 0.8),
                              metadata={"spacing": 1.75, "unit": "um",
                                        **({"axes": "ZYX"} if image_array.ndim == 3 else {})})
-        return invoke("predict", path, "--model", bundle, "--out", tmp_path / "out", "--no-quicklook", *extra)
+        return invoke(*(("-q",) if quiet else ()), "predict", path, "--model", bundle, "--out", tmp_path / "out",
+                      "--no-quicklook", *extra)
 
     return run
 
@@ -222,7 +223,8 @@ def test_5d_image(case):
 def test_nan_voxels(case):
     image = np.ones((8, 32, 32), np.float32)
     image[2, 3, 4] = np.nan
-    one_line_error(case(write=lambda p: tifffile.imwrite(p, image), extra=("--voxel-size", 0.8, 0.8, 1.75)),
+    # found when the pixels are read, after the models load: -q hides the loading line
+    one_line_error(case(write=lambda p: tifffile.imwrite(p, image), extra=("--voxel-size", 0.8, 0.8, 1.75), quiet=True),
                    "x.tif", "NaN")
 
 

@@ -1,0 +1,253 @@
+"""`qca-tf predict` never reuses results of another run, shares a folder safely between
+processes, stops at once on a write error, finishes a series around a bad time point,
+and checks its inputs before TensorFlow loads."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tifffile
+
+from cli_helpers import invoke, one_line_error
+
+QUIET = ("--no-quicklook",)
+
+
+def _images(src, dst, names=("t0000", "t0001")):
+    dst.mkdir(parents=True)
+    for n in names:
+        shutil.copy2(src / f"{n}.tif", dst / f"{n}.tif")
+    return dst
+
+
+def _names(out, table="criteria.csv"):
+    return [r["name"] for r in csv.DictReader(open(out / table))]
+
+
+@pytest.fixture(scope="module")
+def two(trained_bundle, synth_dataset, tmp_path_factory):
+    """Two time points predicted with the bundle: (images folder, output folder)."""
+    bundle, _ = trained_bundle
+    root, _ = synth_dataset
+    base = tmp_path_factory.mktemp("trust")
+    images = _images(root / "images", base / "images")
+    out = base / "out"
+    res = invoke("predict", images, "--model", bundle, "--out", out, *QUIET)
+    assert res.exit_code == 0, res.output
+    return images, out
+
+
+def test_each_time_point_records_what_made_it(two, trained_bundle):
+    images, out = two
+    record = json.loads((out / "nuclei" / "t0001.json").read_text())
+    assert record["input"]["path"] == str((images / "t0001.tif").resolve())
+    assert record["input"]["size"] == (images / "t0001.tif").stat().st_size
+    assert record["run"]["postprocess"]["nsn_threshold"] == 0.5
+    assert len(record["run"]["models"]["nsn"]) == 64 and record["run"]["models"]["nsn"] != record["run"]["models"]["ndn"]
+    run = json.loads((out / "run.json").read_text())
+    assert run["identity"] == record["run"] and run["shards"]["0/1"]["processed"] == ["t0000", "t0001"]
+
+
+def test_rerun_with_other_threshold_model_or_input_is_refused(two, trained_bundle, synth_dataset, tmp_path):
+    images, done = two
+    bundle, _ = trained_bundle
+    root, _ = synth_dataset
+    out = tmp_path / "out"
+    shutil.copytree(done, out)
+    res = invoke("predict", images, "--model", bundle, "--out", out, *QUIET)
+    assert res.exit_code == 0 and "skipped 2 finished" in res.output, res.output
+
+    # another threshold
+    one_line_error(invoke("-q", "predict", images, "--model", bundle, "--out", out, "--nsn-threshold", 0.3, *QUIET),
+                   "t0000 was made with --nsn-threshold 0.5 (now 0.3)", "--overwrite")
+    # another model: same files but the NDN's config differs by one byte
+    other = tmp_path / "bundle"
+    shutil.copytree(bundle, other)
+    cfg = other / "ndn" / "config.json"
+    cfg.write_text(cfg.read_text() + "\n")
+    one_line_error(invoke("-q", "predict", images, "--model", other, "--out", out, *QUIET),
+                   "t0000 was made with another NDN model (sha256", "--overwrite or a new output folder")
+    # another embryo whose files have the same names
+    embryo = tmp_path / "embryo"
+    embryo.mkdir()
+    shutil.copy2(root / "images" / "t0002.tif", embryo / "t0000.tif")
+    one_line_error(invoke("-q", "predict", embryo, "--model", bundle, "--out", out, *QUIET),
+                   "t0000 was made from another input file", str((images / "t0000.tif").resolve()))
+    # the same input file, changed since
+    shutil.copy2(root / "images" / "t0002.tif", images.parent / "t0001.new")
+    changed = tmp_path / "changed"
+    shutil.copytree(images, changed)
+    res = invoke("predict", changed, "--model", bundle, "--out", tmp_path / "o2", *QUIET)
+    assert res.exit_code == 0, res.output
+    before = (changed / "t0001.tif").stat().st_mtime_ns
+    os.replace(images.parent / "t0001.new", changed / "t0001.tif")
+    os.utime(changed / "t0001.tif", ns=(before + 10**9, before + 10**9))
+    one_line_error(invoke("-q", "predict", changed, "--model", bundle, "--out", tmp_path / "o2", *QUIET),
+                   "t0001 was made from an older version of", "t0001.tif")
+    # another voxel size
+    one_line_error(invoke("-q", "predict", images, "--model", bundle, "--out", out, "--voxel-size", 0.8, 0.8, 2.0, *QUIET),
+                   "t0000 was made with input voxel size", "2.0")
+    # a finished time point from an older tool, without a record
+    (out / "nuclei" / "t0001.json").unlink()
+    one_line_error(invoke("-q", "predict", images / "t0001.tif", "--model", bundle, "--out", out, *QUIET),
+                   "t0001 is finished but records nothing")
+    # --overwrite redoes them with the new threshold, and the new numbers are the ones kept
+    res = invoke("predict", images, "--model", bundle, "--out", out, "--nsn-threshold", 0.3, "--overwrite", *QUIET)
+    assert res.exit_code == 0 and "segmented 2 time point(s)" in res.output, res.output
+    assert json.loads((out / "nuclei" / "t0001.json").read_text())["run"]["postprocess"]["nsn_threshold"] == 0.3
+    assert json.loads((out / "run.json").read_text())["postprocess"]["nsn_threshold"] == 0.3
+
+
+def test_claimed_time_points_are_left_to_their_live_owner(two, trained_bundle, tmp_path):
+    """A time point claimed by a live process is not computed; a dead process's claim and the
+    temp files of a killed run are cleaned up; shards are all recorded in run.json."""
+    import socket
+
+    images, _ = two
+    bundle, _ = trained_bundle
+    out = tmp_path / "out"
+    (out / ".claims").mkdir(parents=True)
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    try:
+        host = socket.gethostname()
+        (out / ".claims" / "t0000").write_text(json.dumps({"pid": live.pid, "host": host}))
+        (out / ".claims" / "t0001").write_text(json.dumps({"pid": dead.pid, "host": host}))
+        (out / "labels").mkdir()
+        (out / "labels" / ".t0001.tif.ab12cd_9.tmp").write_bytes(b"half a label image")
+        (out / ".criteria.csv.zz99yy88.tmp").write_text("half a table")
+        (out / "labels" / ".t0000.tif.qq11ww22.tmp").write_bytes(b"being written by the live owner")
+        res = invoke("predict", images, "--model", bundle, "--out", out, "--shard", "0/1", *QUIET)
+        assert res.exit_code == 0, res.output
+        assert sorted(p.name for p in (out / "labels").iterdir()) == [".t0000.tif.qq11ww22.tmp", "t0001.tif"]
+        assert not (out / ".criteria.csv.zz99yy88.tmp").exists()
+        assert _names(out) == ["t0001"]
+        run = json.loads((out / "run.json").read_text())
+        assert run["busy"] == ["t0000"] and run["processed"] == ["t0001"]
+        assert (out / ".claims" / "t0000").exists() and not (out / ".claims" / "t0001").exists()
+    finally:
+        live.kill()
+        live.wait()
+    # the owner died without finishing: its claim is taken over; two shards, both recorded
+    res = invoke("predict", images, "--model", bundle, "--out", out, "--shard", "0/2", *QUIET)
+    assert res.exit_code == 0 and "segmented 1 time point(s)" in res.output, res.output
+    res = invoke("predict", images, "--model", bundle, "--out", out, "--shard", "1/2", *QUIET)
+    assert res.exit_code == 0 and "skipped 1 finished" in res.output, res.output
+    shards = json.loads((out / "run.json").read_text())["shards"]
+    assert shards["0/2"]["processed"] == ["t0000"] and shards["1/2"]["skipped"] == ["t0001"]
+    assert shards["0/1"]["processed"] == ["t0001"]
+    assert _names(out) == ["t0000", "t0001"] and not list((out / ".claims").iterdir())
+
+
+def test_write_error_stops_the_networks_at_once(trained_bundle, synth_dataset, tmp_path, monkeypatch):
+    from qca_tf import predict
+    from qca_tf.errors import OutputError
+
+    bundle, _ = trained_bundle
+    root, _ = synth_dataset
+    images = _images(root / "images", tmp_path / "images", ("t0000", "t0001", "t0002"))
+    shutil.copy2(images / "t0000.tif", images / "t0003.tif")
+    calls = []
+    real_segment = predict.segment
+
+    def counting_segment(*args, **kwargs):
+        calls.append(1)
+        return real_segment(*args, **kwargs)
+
+    def full_disk(path, *args, **kwargs):
+        raise OutputError(f"{path}: cannot write there (No space left on device)")
+
+    monkeypatch.setattr(predict, "segment", counting_segment)
+    monkeypatch.setattr(predict.io, "write_stack", full_disk)
+    res = invoke("-q", "predict", images, "--model", bundle, "--out", tmp_path / "out", *QUIET)
+    one_line_error(res, "t0000.tif: cannot write there (No space left on device)")
+    assert 1 <= len(calls) <= 2, f"the networks ran {len(calls)} of 4 time points after the writer failed"
+    assert not list((tmp_path / "out" / ".claims").iterdir())  # claims released
+
+
+def test_bad_time_point_does_not_stop_the_others(trained_bundle, synth_dataset, tmp_path):
+    bundle, _ = trained_bundle
+    root, series = synth_dataset
+    images = tmp_path / "images"
+    images.mkdir()
+    for i, tp in enumerate(series):
+        image = tp.image.astype(np.float32)
+        if i == 1:
+            image[3, 10, 10] = np.nan
+        tifffile.imwrite(images / f"t{i:04d}.tif", image, imagej=True, resolution=(1 / 0.8, 1 / 0.8),
+                         metadata={"axes": "ZYX", "spacing": 1.75, "unit": "um"})
+    out = tmp_path / "out"
+    one_line_error(invoke("-q", "predict", images, "--model", bundle, "--out", out, *QUIET),
+                   "time point t0001 not segmented", "t0001.tif: contains NaN voxels", "the other 2 time point(s)")
+    assert _names(out) == ["t0000", "t0002"] and _names(out, "nuclei.csv")
+    run = json.loads((out / "run.json").read_text())
+    assert list(run["failed"]) == ["t0001"] and run["processed"] == ["t0000", "t0002"]
+
+
+# ------------------------------------------------------------------ checks before TensorFlow
+
+
+def _without_tensorflow(args: list[str]) -> tuple[int, str, bool]:
+    code = textwrap.dedent(f"""
+        import sys
+        from click.testing import CliRunner
+        from qca_tf.cli import main
+        res = CliRunner().invoke(main, {args!r})
+        print(repr((res.exit_code, res.output, 'tensorflow' in sys.modules)))
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return eval(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("kind", ["missing voxel size", "2D", "not a tiff", "unwritable output"])
+def test_bad_input_fails_before_tensorflow_loads(kind, trained_bundle, synth_dataset, tmp_path):
+    bundle, _ = trained_bundle
+    root, _ = synth_dataset
+    path, out = tmp_path / "x.tif", tmp_path / "out"
+    if kind == "missing voxel size":
+        tifffile.imwrite(path, np.ones((8, 32, 32), np.uint16))
+        expect = "--voxel-size"
+    elif kind == "2D":
+        tifffile.imwrite(path, np.ones((32, 32), np.uint16))
+        expect = "2D"
+    elif kind == "not a tiff":
+        path.write_text("hello")
+        expect = "not a readable TIFF"
+    else:
+        path = root / "images" / "t0000.tif"
+        (tmp_path / "file").write_text("a file")
+        out, expect = tmp_path / "file" / "out", "file"
+    code, output, tf_loaded = _without_tensorflow(["predict", str(path), "--model", str(bundle), "--out", str(out)])
+    assert code == 1 and output.startswith("Error: ") and expect in output and len(output.strip().splitlines()) == 1
+    assert not tf_loaded
+
+
+def test_stack_too_large_for_memory_and_thin_stack(trained_bundle, synth_dataset, tmp_path, monkeypatch):
+    import logging
+
+    from qca_tf import predict
+
+    bundle, _ = trained_bundle
+    root, _ = synth_dataset
+    monkeypatch.setattr(predict, "available_memory", lambda: 200_000)
+    res = invoke("-q", "predict", root / "images" / "t0000.tif", "--model", bundle, "--out", tmp_path / "o")
+    one_line_error(res, "t0000.tif: a time point of 16 x 64 x 64 voxels (131.1 KB as stored) needs about 2.4 MB", "more than the")
+    monkeypatch.undo()
+    thin = tmp_path / "thin.tif"
+    tifffile.imwrite(thin, np.ones((2, 32, 32), np.uint16), imagej=True, resolution=(1 / 0.8, 1 / 0.8),
+                     metadata={"axes": "ZYX", "spacing": 1.75, "unit": "um"})
+    warnings = []
+    monkeypatch.setattr(predict.log, "warning", lambda msg, *a: warnings.append(msg % a))
+    predict.preflight([thin], tmp_path / "t", model_folder=bundle / "nsn")
+    assert len(warnings) == 1 and "only 2 z slice(s) (3.5 um): thinner than a nucleus" in warnings[0]
+    warnings.clear()
+    predict.preflight([root / "images" / "t0000.tif"], tmp_path / "t", model_folder=bundle / "nsn")
+    assert warnings == []
