@@ -23,9 +23,12 @@ from .io import VoxelSize
 
 log = logging.getLogger(__name__)
 
-#: Small networks that learn the synthetic embryo in well under a minute each on 2 cores.
-DEMO_NSN = ModelConfig(name="nsn", depth=2, init_channels=4, kernel_size=3)
-DEMO_NDN = ModelConfig(name="ndn", depth=2, init_channels=4, kernel_size=3)
+#: Small networks that learn the synthetic embryo in a few minutes on 2 cores.
+DEMO_NSN = ModelConfig(name="nsn", depth=2, init_channels=int(os.environ.get("QCA_DEMO_CH", 4)), kernel_size=3)
+DEMO_NDN = ModelConfig(name="ndn", depth=2, init_channels=int(os.environ.get("QCA_DEMO_CH", 4)), kernel_size=3)
+#: Training embryos and their time points (the test embryo is another seed).
+TRAIN_EMBRYOS = int(os.environ.get("QCA_DEMO_EMB", 2))
+TRAIN_TIMEPOINTS = int(os.environ.get("QCA_DEMO_TT", 4))
 
 
 @dataclass
@@ -46,7 +49,7 @@ def demo_train_configs(epochs: int, seed: int) -> tuple[TrainConfig, TrainConfig
 
 
 def run_demo(out: str | os.PathLike, *, seed: int = 0, timepoints: int = 6, epochs: int = 12,
-             progress: bool = True) -> DemoResult:
+             progress: bool | None = None) -> DemoResult:
     """Run the demo into ``out`` and return the headline metrics (mean over test time points)."""
     from .evaluate import evaluate_series
     from .bundle import load_networks, save_bundle
@@ -59,13 +62,17 @@ def run_demo(out: str | os.PathLike, *, seed: int = 0, timepoints: int = 6, epoc
                                  radius_um=(4.0, 5.5), touching_pairs=2, polar_bodies=1, division_interval=2)
     log.info("making synthetic embryos in %s", out / "data")
     # two embryos for training (so the networks cannot memorise one), a third one for testing
-    train_series = [tp for k in range(2) for tp in synthetic.make_series(dataclasses.replace(base, timepoints=4, seed=seed + k))]
+    train_series = [tp for k in range(TRAIN_EMBRYOS)
+                    for tp in synthetic.make_series(dataclasses.replace(base, timepoints=TRAIN_TIMEPOINTS, seed=seed + k))]
     test_series = synthetic.make_series(dataclasses.replace(base, timepoints=timepoints, seed=seed + 1000))
     synthetic.write_dataset(out / "data" / "train", train_series, voxel)
     synthetic.write_dataset(out / "data" / "test", test_series, voxel)
 
     nsn_cfg, ndn_cfg, data_cfg = demo_train_configs(epochs, seed)
-    verbose = 1 if progress else 0
+    from .runtime import keras_verbose, progress_enabled
+
+    progress = progress_enabled() if progress is None else progress
+    verbose = keras_verbose(progress)
     bundle = out / "model"
     log.info("training NSN")
     train(out / "data" / "train", bundle / "nsn", DEMO_NSN, nsn_cfg, data_cfg, verbose=verbose)
