@@ -325,6 +325,33 @@ def prepare_data(data_root: str | os.PathLike, task: str, data_cfg: DataConfig, 
     return PreparedData(task, data_cfg, train_specs, val_specs, spacing_um)
 
 
+def grid_extent(spec: VolumeSpec) -> tuple[int, int, int]:
+    """(z, y, x) size of a training volume (its region, if any) on the network grid, from the file header."""
+    lay = io.read_layout(spec.image)
+    zyx = [n for r, n in zip(lay.roles, lay.full_shape) if r in "zyx"]
+    if spec.region:
+        zyx = [stop - start for start, stop in spec.region]
+    return preprocess.resampled_shape(zyx, spec.factors)
+
+
+def clamp_patch(prepared: PreparedData, multiple: int) -> PreparedData:
+    """``prepared`` with its crop no larger than the largest training volume (per axis,
+    rounded up to ``multiple`` = 2**depth), with a warning when it was: a crop far larger
+    than the data only pads it and can exhaust memory (a 400-voxel cube needs tens of GB)."""
+    extents = np.array([grid_extent(s) for s in prepared.train_specs]).max(axis=0)
+    limit = [int(math.ceil(n / multiple) * multiple) for n in extents]
+    patch = tuple(min(int(p), lim) for p, lim in zip(prepared.data_cfg.patch, limit))
+    if patch == tuple(prepared.data_cfg.patch):
+        return prepared
+    log.warning("--patch %s is larger than the training volumes (%s z, y, x on the network grid); "
+                "training with crops of %s instead", "x".join(map(str, prepared.data_cfg.patch)),
+                "x".join(map(str, extents)), "x".join(map(str, patch)))
+    import dataclasses
+
+    return PreparedData(prepared.task, dataclasses.replace(prepared.data_cfg, patch=patch), prepared.train_specs,
+                        prepared.val_specs, prepared.spacing_um)
+
+
 def _writable_folder(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -465,5 +492,6 @@ def train(data_root: str | os.PathLike, out_dir: str | os.PathLike, model_cfg: M
     check_compatible(model_cfg, data_cfg)
     resolve_precision(train_cfg.precision)  # before reading data: mixed_float16 needs a GPU
     _writable_folder(Path(out_dir))
-    prepared = prepare_data(data_root, train_cfg.task, data_cfg, train_cfg.seed, val_data)
+    prepared = clamp_patch(prepare_data(data_root, train_cfg.task, data_cfg, train_cfg.seed, val_data),
+                           model_cfg.multiple)
     return fit(prepared, out_dir, model_cfg, train_cfg, distribute=distribute, verbose=verbose, overwrite=overwrite)

@@ -202,3 +202,18 @@ def test_finished_training_is_reported_not_retrained(synth_dataset, tmp_path, mo
     res = train_mod.train(root, tmp_path / "m", model_cfg, cfg, DATA, verbose=0, overwrite=True)
     assert calls == [0, 1] and not res.finished
     assert [int(r["epoch"]) for r in res.history] == [1, 2]
+
+
+def test_crop_larger_than_the_volumes_is_clamped_with_a_warning(synth_dataset, tmp_path, monkeypatch, caplog):
+    root, _ = synth_dataset  # 16 x 64 x 64 voxels of 1.75 x 0.8 x 0.8 um: 35 x 64 x 64 on the 0.8 um grid
+    seen = []
+    monkeypatch.setattr(train_mod, "fit", lambda prepared, *a, **k: seen.append(prepared.data_cfg.patch))
+    cfg = TrainConfig(task="nsn", epochs=1)
+    model_cfg = ModelConfig(name="nsn", depth=2, init_channels=2)
+    with caplog.at_level("WARNING"):
+        train_mod.train(root, tmp_path / "m", model_cfg, cfg, DataConfig(patch=(400, 400, 400), val_fraction=0.34))
+        assert "--patch 400x400x400 is larger than the training volumes (35x64x64" in caplog.text
+        caplog.clear()
+        train_mod.train(root, tmp_path / "m2", model_cfg, cfg, DataConfig(patch=(32, 48, 48), val_fraction=0.34))
+        assert "larger than" not in caplog.text
+    assert seen == [(36, 64, 64), (32, 48, 48)]  # clamped to the extent rounded up to 2**depth = 4; a fitting crop kept
