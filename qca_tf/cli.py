@@ -518,18 +518,48 @@ def models() -> None:
 @click.option("--epochs", default=12, show_default=True, type=click.IntRange(1), help="Training epochs per network.")
 def demo(out_dir: Path, seed: int, timepoints: int, epochs: int) -> None:
     """Synthetic embryo -> train NSN + NDN -> predict -> evaluate, in a few minutes on a CPU."""
+    import time
+
+    start = time.monotonic()
     _tensorflow()
+    from qca_tf.config import MATCH_DISTANCE_UM
     from qca_tf.demo import run_demo
 
     res = run_demo(out_dir, seed=seed, timepoints=timepoints, epochs=epochs)
     s = res.summary
-    click.echo("demo finished")
-    click.echo(f"  IoU {s['iou']['mean']:.3f}  MUCov {s['mucov']['mean']:.3f}  SEG {s['seg']['mean']:.3f}  "
-               f"detection F {s['det_f1']['mean']:.3f}  (mean over {timepoints} test time points)")
-    click.echo(f"  labels:   {res.prediction / 'labels'}")
-    click.echo(f"  criteria: {res.prediction / 'criteria.csv'}, {res.prediction / 'nuclei.csv'}")
-    click.echo(f"  plots:    {res.prediction / 'plots'}")
-    click.echo(f"  models:   {res.bundle} (use with: qca-tf predict IMAGES --model {res.bundle} --out DIR)")
+    minutes, seconds = divmod(int(round(time.monotonic() - start)), 60)
+    wrong = [(n, p, t) for n, p, t in res.counts if p != t]
+    click.echo(f"demo finished in {minutes} min {seconds:02d} s: {timepoints} test time point(s) of a synthetic embryo "
+               f"the networks never saw")
+    click.echo("  nuclei per time point, predicted/true: "
+               + ", ".join(f"{n} {p}/{t}" for n, p, t in res.counts)
+               + ("  (all right)" if not wrong else f"  ({len(wrong)} wrong)"))
+    click.echo(f"  mean over the test time points (1 is perfect):")
+    rows = [("IoU", "iou", "voxel overlap of all predicted and all true nuclei (good: above 0.8)"),
+            ("SEG", "seg", "per true nucleus, its best overlap (IoU) with a predicted one; misses and splits "
+                           "lower it (good: above 0.7)"),
+            ("MUCov", "mucov", "per predicted nucleus, its best overlap with a true one; false nuclei and "
+                               "fusions lower it (good: above 0.7)"),
+            ("detection F", "det_f1", f"nuclei found, centres within {MATCH_DISTANCE_UM:g} um, harmonic mean of "
+                                      "precision and recall (good: above 0.9)")]
+    for label, key, meaning in rows:
+        value = s.get(key, {}).get("mean")
+        click.echo(f"    {label:<12} {'n/a' if value is None else f'{value:.3f}'}  {meaning}")
+    out, pred = res.out, res.prediction
+    click.echo(f"outputs in {out}:")
+    for path, what in ((out / "data" / "train", "training embryos: images/, nsn/, ndn/ masks, labels/ (ground truth)"),
+                       (out / "data" / "test", "test embryo, same layout"),
+                       (res.bundle, f"the trained QCANet bundle (nsn/, ndn/, qcanet.json); use it with: "
+                                    f"qca-tf predict IMAGES --model {res.bundle} --out DIR"),
+                       (pred / "labels", "predicted instance labels, one TIFF per time point"),
+                       (pred / "criteria.csv", "per time point: nuclear count, volume and surface statistics"),
+                       (pred / "nuclei.csv", "per nucleus: time point, volume, surface, diameter, sphericity, centroid"),
+                       (pred / "plots" / "timeseries.png", "count, volume and surface over time"),
+                       (pred / "plots" / "quicklook", "per time point: max projections with each nucleus outlined"),
+                       (pred / "run.json", "what produced the prediction (versions, parameters, timings)"),
+                       (out / "evaluation.json", "every metric per time point, with mean and sd "
+                                                 "(the format of qca-tf evaluate --json)")):
+        click.echo(f"  {path}  {what}")
 
 
 if __name__ == "__main__":  # pragma: no cover
