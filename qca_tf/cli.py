@@ -533,8 +533,8 @@ def demo(out_dir: Path, seed: int, timepoints: int, epochs: int) -> None:
                f"the networks never saw")
     click.echo("  nuclei per time point, predicted/true: "
                + ", ".join(f"{n} {p}/{t}" for n, p, t in res.counts)
-               + ("  (all right)" if not wrong else f"  ({len(wrong)} wrong)"))
-    click.echo(f"  mean over the test time points (1 is perfect):")
+               + ("  (all right)" if not wrong else f"  (wrong at {len(wrong)} time point(s))"))
+    click.echo("  mean over the test time points (1 is perfect):")
     rows = [("IoU", "iou", "voxel overlap of all predicted and all true nuclei (good: above 0.8)"),
             ("SEG", "seg", "per true nucleus, its best overlap (IoU) with a predicted one; misses and splits "
                            "lower it (good: above 0.7)"),
@@ -547,7 +547,7 @@ def demo(out_dir: Path, seed: int, timepoints: int, epochs: int) -> None:
         click.echo(f"    {label:<12} {'n/a' if value is None else f'{value:.3f}'}  {meaning}")
     out, pred = res.out, res.prediction
     click.echo(f"outputs in {out}:")
-    for path, what in ((out / "data" / "train", "training embryos: images/, nsn/, ndn/ masks, labels/ (ground truth)"),
+    outputs = ((out / "data" / "train", "training embryos: images/, nsn/, ndn/ masks, labels/ (ground truth)"),
                        (out / "data" / "test", "test embryo, same layout"),
                        (res.bundle, f"the trained QCANet bundle (nsn/, ndn/, qcanet.json); use it with: "
                                     f"qca-tf predict IMAGES --model {res.bundle} --out DIR"),
@@ -558,8 +558,10 @@ def demo(out_dir: Path, seed: int, timepoints: int, epochs: int) -> None:
                        (pred / "plots" / "quicklook", "per time point: max projections with each nucleus outlined"),
                        (pred / "run.json", "what produced the prediction (versions, parameters, timings)"),
                        (out / "evaluation.json", "every metric per time point, with mean and sd "
-                                                 "(the format of qca-tf evaluate --json)")):
-        click.echo(f"  {path}  {what}")
+                                                 "(the format of qca-tf evaluate --json)"))
+    width = max(len(str(path)) for path, _ in outputs)
+    for path, what in outputs:
+        click.echo(f"  {str(path):<{width}}  {what}")
 
 
 if __name__ == "__main__":  # pragma: no cover
