@@ -29,14 +29,41 @@ def _tensorflow() -> None:
     init_tensorflow()
 
 
+def _progress() -> bool:
+    """Progress bars only on a terminal (a log file or pipe gets none)."""
+    from qca_tf.runtime import progress_enabled
+
+    return progress_enabled()
+
+
+def flag_message(message: str, typed: list[str]) -> str:
+    """``invalid SECTION.KEY: ...`` (a config check) as ``invalid --FLAG: ...`` when the
+    user typed that flag (``typed``: the command's arguments); other messages unchanged
+    (a value from a file keeps its config key)."""
+    import re
+
+    m = re.match(r"invalid ([a-z]+)\.([a-z0-9_]+): ", message)
+    if not m:
+        return message
+    from qca_tf.config import flag_for
+
+    flag = flag_for(m[1], m[2])
+    if not any(a == flag or a.startswith(flag + "=") for a in typed):
+        return message
+    return f"invalid {flag}: {message[m.end():]}"
+
+
 class QcaGroup(click.Group):
-    """Turns library errors into one-line messages instead of tracebacks."""
+    """Turns library errors into one-line messages instead of tracebacks; a config
+    check failing on a flag the user typed names that flag, not the internal key."""
 
     def invoke(self, ctx: click.Context):
+        # the arguments after the group's own (click 8 keeps the command name apart)
+        typed = [str(a) for a in (*getattr(ctx, "_protected_args", ()), *ctx.args)]
         try:
             return super().invoke(ctx)
         except QcaError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(flag_message(str(exc), typed)) from None
         except KeyboardInterrupt:
             raise click.ClickException("interrupted; run the same command again to resume") from None
 
@@ -53,6 +80,12 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
     tiff_log = logging.getLogger("tifffile")
     tiff_log.handlers[:] = [handler] if verbose else [logging.NullHandler()]
     tiff_log.propagate = False
+    # Python warnings (Keras, TensorFlow, NumPy) and TensorFlow's own Python logger: -v shows them
+    logging.captureWarnings(True)
+    for name in ("py.warnings", "tensorflow", "absl"):
+        lib_log = logging.getLogger(name)
+        lib_log.handlers[:] = [handler] if verbose else [logging.NullHandler()]
+        lib_log.propagate = False
 
 
 @click.group(cls=QcaGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -162,13 +195,15 @@ def synth(out: Path, timepoints: int, seed: int, shape, nuclei: int, touching_pa
 @click.option("--distribute", is_flag=True, help="Use all GPUs (tf.distribute.MirroredStrategy).")
 @click.option("--params", "params_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="best_params.json of `qca-tf search`: its architecture and optimiser (other flags override).")
+@click.option("--overwrite", is_flag=True, help="Train again from epoch 1, replacing a finished or unfinished run in OUT.")
 def train(network: str, data_dir: Path, out_dir: Path, patch, kernel_size, voxel_size, channels, distribute: bool,
           val_data, normalization, scale_jitter, no_rot90: bool, no_intensity_augment: bool, params_file,
-          **opts) -> None:
+          overwrite: bool, **opts) -> None:
     """Train NETWORK (nsn, ndn or the 3D U-Net baseline unet3d) on a dataset.
 
     The best epoch by the validation metric (nsn, unet3d: IoU; ndn: detection
-    F-measure) is saved in OUT; rerunning an interrupted command resumes it.
+    F-measure) is saved in OUT; rerunning an interrupted command resumes it, and
+    rerunning a finished one only reports it (--overwrite trains again).
     """
     from qca_tf.config import check_compatible, preset
 
@@ -215,7 +250,10 @@ def train(network: str, data_dir: Path, out_dir: Path, patch, kernel_size, voxel
     _tensorflow()
     from qca_tf.train import train as run_training
 
-    result = run_training(data_dir, out_dir, model_cfg, train_cfg, data_cfg, distribute=distribute, val_data=val_data)
+    result = run_training(data_dir, out_dir, model_cfg, train_cfg, data_cfg, distribute=distribute, val_data=val_data,
+                          overwrite=overwrite)
+    if result.finished:
+        click.echo(f"already finished: {len(result.history)} epochs in {result.folder} (--overwrite trains again)")
     click.echo(f"best {result.metric_name} {result.best_metric:.4f} at epoch {result.best_epoch}; "
                f"model folder: {result.folder}")
 
@@ -271,7 +309,7 @@ def search(network: str, trials: int, data_dir, out_dir, engine, sampler, pruner
                          patch=(tuple(patch) * 3 if len(patch) == 1 else tuple(patch)) if patch else (32, 32, 32),
                          timeout_s=timeout, seed=seed, max_params=max_params, warm_start=warm_start, keep=keep,
                          space_file=str(space_file) if space_file else None)
-    run_search(cfg, storage_url=storage, echo=click.echo)
+    run_search(cfg, storage_url=storage, echo=click.echo, progress=_progress())
 
 
 # ------------------------------------------------------------------------- predict
@@ -365,7 +403,8 @@ def predict(inputs, out_dir: Path, bundle, nsn, ndn, voxel_size, channels, nsn_t
         nets.postprocess = dataclasses.replace(nets.postprocess, **overrides)
     opts = PredictOptions(save_masks=save_masks, quicklook=not no_quicklook, overwrite=overwrite, shard=shard_t,
                           voxel_size=VoxelSize.from_xyz(voxel_size) if voxel_size else None,
-                          channels=choose_channels(nets, tuple(channels)), pipelined=not sequential)
+                          channels=choose_channels(nets, tuple(channels)), pipelined=not sequential,
+                          progress=_progress())
     run = predict_series(list(inputs), out_dir, nets, infer_cfg, opts)
     counts = ", ".join(f"{r['name']}: {r['count']}" for r in run.summary_rows[:10])
     more = " ..." if len(run.summary_rows) > 10 else ""
@@ -486,18 +525,50 @@ def models() -> None:
 @click.option("--epochs", default=12, show_default=True, type=click.IntRange(1), help="Training epochs per network.")
 def demo(out_dir: Path, seed: int, timepoints: int, epochs: int) -> None:
     """Synthetic embryo -> train NSN + NDN -> predict -> evaluate, in a few minutes on a CPU."""
+    import time
+
+    start = time.monotonic()
     _tensorflow()
+    from qca_tf.config import MATCH_DISTANCE_UM
     from qca_tf.demo import run_demo
 
     res = run_demo(out_dir, seed=seed, timepoints=timepoints, epochs=epochs)
     s = res.summary
-    click.echo("demo finished")
-    click.echo(f"  IoU {s['iou']['mean']:.3f}  MUCov {s['mucov']['mean']:.3f}  SEG {s['seg']['mean']:.3f}  "
-               f"detection F {s['det_f1']['mean']:.3f}  (mean over {timepoints} test time points)")
-    click.echo(f"  labels:   {res.prediction / 'labels'}")
-    click.echo(f"  criteria: {res.prediction / 'criteria.csv'}, {res.prediction / 'nuclei.csv'}")
-    click.echo(f"  plots:    {res.prediction / 'plots'}")
-    click.echo(f"  models:   {res.bundle} (use with: qca-tf predict IMAGES --model {res.bundle} --out DIR)")
+    minutes, seconds = divmod(int(round(time.monotonic() - start)), 60)
+    wrong = [(n, p, t) for n, p, t in res.counts if p != t]
+    click.echo(f"demo finished in {minutes} min {seconds:02d} s: {timepoints} test time point(s) of a synthetic embryo "
+               f"the networks never saw")
+    click.echo("  nuclei per time point, predicted/true: "
+               + ", ".join(f"{n} {p}/{t}" for n, p, t in res.counts)
+               + ("  (all right)" if not wrong else f"  (wrong at {len(wrong)} time point(s))"))
+    click.echo("  mean over the test time points (1 is perfect):")
+    rows = [("IoU", "iou", "voxel overlap of all predicted and all true nuclei (good: above 0.8)"),
+            ("SEG", "seg", "per true nucleus, its best overlap (IoU) with a predicted one; misses and splits "
+                           "lower it (good: above 0.7)"),
+            ("MUCov", "mucov", "per predicted nucleus, its best overlap with a true one; false nuclei and "
+                               "fusions lower it (good: above 0.7)"),
+            ("detection F", "det_f1", f"nuclei found, centres within {MATCH_DISTANCE_UM:g} um, harmonic mean of "
+                                      "precision and recall (good: above 0.9)")]
+    for label, key, meaning in rows:
+        value = s.get(key, {}).get("mean")
+        click.echo(f"    {label:<12} {'n/a' if value is None else f'{value:.3f}'}  {meaning}")
+    out, pred = res.out, res.prediction
+    click.echo(f"outputs in {out}:")
+    outputs = ((out / "data" / "train", "training embryos: images/, nsn/, ndn/ masks, labels/ (ground truth)"),
+                       (out / "data" / "test", "test embryo, same layout"),
+                       (res.bundle, f"the trained QCANet bundle (nsn/, ndn/, qcanet.json); use it with: "
+                                    f"qca-tf predict IMAGES --model {res.bundle} --out DIR"),
+                       (pred / "labels", "predicted instance labels, one TIFF per time point"),
+                       (pred / "criteria.csv", "per time point: nuclear count, volume and surface statistics"),
+                       (pred / "nuclei.csv", "per nucleus: time point, volume, surface, diameter, sphericity, centroid"),
+                       (pred / "plots" / "timeseries.png", "count, volume and surface over time"),
+                       (pred / "plots" / "quicklook", "per time point: max projections with each nucleus outlined"),
+                       (pred / "run.json", "what produced the prediction (versions, parameters, timings)"),
+                       (out / "evaluation.json", "every metric per time point, with mean and sd "
+                                                 "(the format of qca-tf evaluate --json)"))
+    width = max(len(str(path)) for path, _ in outputs)
+    for path, what in outputs:
+        click.echo(f"  {str(path):<{width}}  {what}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -43,6 +43,17 @@ def check(cond: bool, section: str, key: str, msg: str) -> None:
 
 _check = check  # the short name the validators below use
 
+#: Config keys whose command-line flag is not ``--`` + the key with dashes (see :func:`flag_for`).
+CONFIG_FLAGS = {"train.sgd_lr": "--lr", "train.sgd_momentum": "--momentum", "train.task": "NETWORK",
+                "model.name": "NETWORK", "model.input_channels": "--channel", "data.channels": "--channel",
+                "data.rot90": "--no-rot90", "data.intensity_augment": "--no-intensity-augment",
+                "postprocess.min_volume_um3": "--min-volume", "inference.max_memory_gb": "--max-memory"}
+
+
+def flag_for(section: str, key: str) -> str:
+    """The command-line flag that sets config key ``section.key`` (e.g. train.sgd_lr -> --lr)."""
+    return CONFIG_FLAGS.get(f"{section}.{key}", "--" + key.replace("_", "-"))
+
 
 @dataclass(frozen=True)
 class ModelConfig:

@@ -38,3 +38,19 @@ def init_tensorflow():
             os.close(saved)
     log.debug("TensorFlow %s, devices: %s", tf.__version__, ", ".join(d.name for d in devices))
     return tf
+
+
+def progress_enabled(stream=None) -> bool:
+    """Whether progress bars are wanted: only when ``stream`` (default stderr) is a terminal,
+    so logs written to a file or a pipe carry no per-step bars and colour codes."""
+    stream = sys.stderr if stream is None else stream
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # closed or replaced streams (e.g. test runners)
+        return False
+
+
+def keras_verbose(progress: bool | None = None) -> int:
+    """Keras ``fit`` verbosity: 1 (per-step bar) on a terminal, else 0 (our epoch callback
+    logs one line per epoch). ``progress`` None means :func:`progress_enabled`."""
+    return 1 if (progress_enabled() if progress is None else progress) else 0

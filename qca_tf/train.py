@@ -9,6 +9,8 @@ Output folder layout::
 
     OUT/config.json, OUT/weights.h5    best epoch (a weights-only model folder, see modelio)
     OUT/epochs.csv                     one row per epoch: epoch, loss, metric, lr, best
+    OUT/training.json                  the run's options and volumes: a rerun resumes or
+                                       reports "finished" only when they match
     OUT/.resume/                       Keras BackupAndRestore state while a run is unfinished
 """
 from __future__ import annotations
@@ -26,7 +28,8 @@ import tensorflow as tf
 
 from . import io, losses, metrics, modelio, preprocess
 from .atomic import atomic_path, writable_folder
-from .config import DataConfig, ModelConfig, TrainConfig, check_compatible, read_json
+from .config import (DataConfig, ModelConfig, TrainConfig, check_compatible, flag_for, read_json, to_dict,
+                     write_json_atomic)
 from .data import VolumeSpec, check_volume, training_dataset, validation_dataset
 from .errors import ConfigError, InputError, OutputError
 from .infer import resolve_precision
@@ -37,6 +40,7 @@ log = logging.getLogger(__name__)
 #: Centre-matching distance (um) of the NDN validation F-measure (the evaluation's).
 VAL_MATCH_DISTANCE_UM = metrics.MATCH_DISTANCE_UM
 EPOCH_FIELDS = ("epoch", "loss", "metric", "lr", "best")
+RUN_NAME = "training.json"
 
 
 @dataclass
@@ -48,6 +52,8 @@ class TrainResult:
     best_epoch: int
     best_metric: float
     history: list[dict] = field(default_factory=list)
+    #: True when ``out_dir`` already held this run, finished: nothing was trained.
+    finished: bool = False
 
 
 # ------------------------------------------------------------------ dataset assembly
@@ -319,26 +325,127 @@ def prepare_data(data_root: str | os.PathLike, task: str, data_cfg: DataConfig, 
     return PreparedData(task, data_cfg, train_specs, val_specs, spacing_um)
 
 
+def grid_extent(spec: VolumeSpec) -> tuple[int, int, int]:
+    """(z, y, x) size of a training volume (its region, if any) on the network grid, from the file header."""
+    lay = io.read_layout(spec.image)
+    zyx = [n for r, n in zip(lay.roles, lay.full_shape) if r in "zyx"]
+    if spec.region:
+        zyx = [stop - start for start, stop in spec.region]
+    return preprocess.resampled_shape(zyx, spec.factors)
+
+
+def clamp_patch(prepared: PreparedData, multiple: int) -> PreparedData:
+    """``prepared`` with its crop no larger than the largest training volume (per axis,
+    rounded up to ``multiple`` = 2**depth), with a warning when it was: a crop far larger
+    than the data only pads it and can exhaust memory (a 400-voxel cube needs tens of GB)."""
+    extents = np.array([grid_extent(s) for s in prepared.train_specs]).max(axis=0)
+    limit = [int(math.ceil(n / multiple) * multiple) for n in extents]
+    patch = tuple(min(int(p), lim) for p, lim in zip(prepared.data_cfg.patch, limit))
+    if patch == tuple(prepared.data_cfg.patch):
+        return prepared
+    log.warning("--patch %s is larger than the training volumes (%s z, y, x on the network grid); "
+                "training with crops of %s instead", "x".join(map(str, prepared.data_cfg.patch)),
+                "x".join(map(str, extents)), "x".join(map(str, patch)))
+    import dataclasses
+
+    return PreparedData(prepared.task, dataclasses.replace(prepared.data_cfg, patch=patch), prepared.train_specs,
+                        prepared.val_specs, prepared.spacing_um)
+
+
+def run_record(prepared: PreparedData, model_cfg: ModelConfig, train_cfg: TrainConfig) -> dict:
+    """What makes a training run the same run: its options and its volumes (``training.json``)."""
+    def volumes(specs: list[VolumeSpec]) -> list[str]:
+        return [f"{Path(s.image).resolve()} + {Path(s.target).resolve()}"
+                + (f" {s.region}" if s.region else "") for s in specs]
+
+    return {"model": to_dict(model_cfg), "train": to_dict(train_cfg), "data": to_dict(prepared.data_cfg),
+            "volumes": {"train": volumes(prepared.train_specs), "validation": volumes(prepared.val_specs)}}
+
+
+def _recorded_run(out: Path) -> dict | None:
+    """The recorded options of the run in ``out``: training.json, else (older folders)
+    the model, train and data sections of config.json; None when there are none."""
+    if (out / RUN_NAME).is_file():
+        return read_json(out / RUN_NAME)
+    if (out / "config.json").is_file():
+        info = read_json(out / "config.json")
+        return {k: info[k] for k in ("model", "train", "data") if isinstance(info.get(k), dict)}
+    return None
+
+
+def run_differences(recorded: dict, current: dict, ignore: tuple[str, ...] = ()) -> list[str]:
+    """Options that differ between a recorded run and this one, each as
+    ``--flag (section.key): recorded -> now``; keys in ``ignore`` ("train.epochs") are skipped."""
+    out = []
+    for section in ("model", "train", "data"):
+        old, new = recorded.get(section), current[section]
+        if not isinstance(old, dict):
+            continue
+        for key in new:
+            if f"{section}.{key}" in ignore or key not in old or old[key] == new[key]:
+                continue
+            out.append(f"{flag_for(section, key)} ({section}.{key}): {old[key]!r} then, {new[key]!r} now")
+    if isinstance(recorded.get("volumes"), dict):
+        for part, flag in (("train", "--data"), ("validation", "--val-data")):
+            if recorded["volumes"].get(part) != current["volumes"][part]:
+                out.append(f"{flag}: other {part} volumes ({len(recorded['volumes'].get(part) or [])} then, "
+                           f"{len(current['volumes'][part])} now)")
+    return out
+
+
+def _clear_run(out: Path) -> None:
+    """Remove a previous run's progress (``--overwrite``); its model files are replaced by the new run."""
+    import shutil
+
+    shutil.rmtree(out / ".resume", ignore_errors=True)
+    for name in ("epochs.csv", RUN_NAME):
+        (out / name).unlink(missing_ok=True)
 
 
 def fit(prepared: PreparedData, out_dir: str | os.PathLike, model_cfg: ModelConfig, train_cfg: TrainConfig, *,
         callbacks: list[keras.callbacks.Callback] | tuple = (), distribute: bool = False,
-        verbose: int = 1) -> TrainResult:
+        verbose: int | None = None, overwrite: bool = False) -> TrainResult:
     """Fit one configuration on prepared data; save its best epoch as a model folder in ``out_dir``.
 
     ``callbacks`` run after the epoch callback, so ``logs[train_cfg.metric_name]`` (the
     validation metric) is in their ``on_epoch_end`` logs. An interrupted run resumes from
-    its last finished epoch when called again with the same ``out_dir``.
+    its last finished epoch when called again with the same ``out_dir`` and options; a
+    finished one is not trained again (its result is returned, ``TrainResult.finished``);
+    other options are a ConfigError naming them. ``overwrite`` starts again from epoch 1.
     """
     if train_cfg.task != prepared.task:
         raise ConfigError(f"invalid train.task: {train_cfg.task!r} but the data were prepared for {prepared.task!r}")
     check_compatible(model_cfg, prepared.data_cfg)
     policy = resolve_precision(train_cfg.precision)  # before any work: mixed_float16 needs a GPU
-    log.debug("training with precision %s", policy)
     out = Path(out_dir)
     writable_folder(out)
     resume_dir = out / ".resume"
-    rows = read_epochs(out / "epochs.csv") if resume_dir.exists() else []
+    record = run_record(prepared, model_cfg, train_cfg)
+    if overwrite:
+        _clear_run(out)
+    previous = read_epochs(out / "epochs.csv")
+    recorded = _recorded_run(out) if previous else None
+    if previous and recorded is not None:
+        unfinished = resume_dir.exists()
+        differ = run_differences(recorded, record, ignore=("train.epochs",) if unfinished else ())
+        if differ:
+            state = "an unfinished" if unfinished else f"a finished ({len(previous)} epochs)"
+            raise ConfigError(f"{out}: holds {state} training with other options: {'; '.join(differ)}; "
+                              "rerun with the same options, or give --overwrite or another --out to start again")
+        if not unfinished and len(previous) >= train_cfg.epochs:
+            done = [float(r["metric"]) for r in previous]
+            best = int(np.argmax(done))
+            log.info("training in %s is already finished (%d epochs); the model is in %s; "
+                     "--overwrite trains again", out, len(previous), out)
+            return TrainResult(folder=out, metric_name=train_cfg.metric_name, best_epoch=int(previous[best]["epoch"]),
+                               best_metric=done[best], history=previous, finished=True)
+    if previous and not resume_dir.exists():
+        log.warning("%s: %d epoch(s) in epochs.csv but no resume state (.resume/); training starts again "
+                    "from epoch 1", out, len(previous))
+    log.info("training with precision %s", policy)
+    if not resume_dir.exists():
+        write_json_atomic(out / RUN_NAME, record)
+    rows = previous if resume_dir.exists() else []
     meta = resume_dir / "training_metadata.json"
     done_epochs = int(read_json(meta).get("epoch", 0)) if meta.exists() else 0
     rows = rows[:done_epochs]  # the CSV row is written just before the backup: drop an unbacked one
@@ -350,6 +457,10 @@ def fit(prepared: PreparedData, out_dir: str | os.PathLike, model_cfg: ModelConf
     train_ds = prepared.training(train_cfg.batch_size, train_cfg.seed).skip(done_epochs * steps)
     val_ds = prepared.validation(model_cfg.multiple)
 
+    if verbose is None:  # per-step bars only on a terminal, never in a log file
+        from .runtime import keras_verbose
+
+        verbose = keras_verbose()
     with _strategy(distribute).scope():
         model = build_compiled(model_cfg, train_cfg, policy)
     callback = EpochCallback(out=out, val_ds=val_ds, model_cfg=model_cfg, train_cfg=train_cfg,
@@ -363,7 +474,8 @@ def fit(prepared: PreparedData, out_dir: str | os.PathLike, model_cfg: ModelConf
 
 def train(data_root: str | os.PathLike, out_dir: str | os.PathLike, model_cfg: ModelConfig,
           train_cfg: TrainConfig, data_cfg: DataConfig, *, distribute: bool = False,
-          verbose: int = 1, val_data: str | os.PathLike | None = None) -> TrainResult:
+          verbose: int | None = None, val_data: str | os.PathLike | None = None,
+          overwrite: bool = False) -> TrainResult:
     """Train one network (NSN or NDN task) and save its best epoch as a model folder in ``out_dir``:
     :func:`prepare_data` (``val_data``: a folder to validate on) then :func:`fit`. An
     interrupted run resumes when called again with the same ``out_dir``.
@@ -371,5 +483,6 @@ def train(data_root: str | os.PathLike, out_dir: str | os.PathLike, model_cfg: M
     check_compatible(model_cfg, data_cfg)
     resolve_precision(train_cfg.precision)  # before reading data: mixed_float16 needs a GPU
     writable_folder(Path(out_dir))
-    prepared = prepare_data(data_root, train_cfg.task, data_cfg, train_cfg.seed, val_data)
-    return fit(prepared, out_dir, model_cfg, train_cfg, distribute=distribute, verbose=verbose)
+    prepared = clamp_patch(prepare_data(data_root, train_cfg.task, data_cfg, train_cfg.seed, val_data),
+                           model_cfg.multiple)
+    return fit(prepared, out_dir, model_cfg, train_cfg, distribute=distribute, verbose=verbose, overwrite=overwrite)

@@ -95,4 +95,52 @@ def test_missing_voxel_size(bad_dataset, tmp_path):
 def test_invalid_option_value_named(synth_dataset, tmp_path):
     root, _ = synth_dataset
     one_line_error(invoke("train", "nsn", "--data", root, "--out", tmp_path / "m", "--lr-decay", 3),
-                   "train.lr_decay")
+                   "--lr-decay")
+
+
+@pytest.mark.parametrize("flag, value, key", [("--lr", "-1", "train.sgd_lr"), ("--val-fraction", "1.5", "data.val_fraction"),
+                                              ("--momentum", "1", "train.sgd_momentum")])
+def test_config_error_names_the_typed_flag(synth_dataset, tmp_path, flag, value, key):
+    root, _ = synth_dataset
+    res = invoke("train", "nsn", "--data", root, "--out", tmp_path / "m", flag, value)
+    one_line_error(res, f"invalid {flag}: ")
+    assert key not in res.output
+
+
+def test_config_key_kept_when_the_value_did_not_come_from_a_flag():
+    from qca_tf.cli import flag_message
+
+    assert flag_message("invalid train.sgd_lr: must be > 0", ["--lr", "0"]) == "invalid --lr: must be > 0"
+    assert flag_message("invalid data.channels: bad", ["--channel", "1"]) == "invalid --channel: bad"
+    assert flag_message("invalid train.sgd_lr: must be > 0", ["--params", "p.json"]) == "invalid train.sgd_lr: must be > 0"
+    assert flag_message("p.json: invalid train.sgd_lr: x", ["--lr", "0"]) == "p.json: invalid train.sgd_lr: x"
+
+
+@pytest.mark.parametrize("verbose", [0, 1])
+def test_library_warnings_stay_off_the_terminal(verbose):
+    import subprocess
+    import sys
+
+    code = ("import logging, warnings; from qca_tf.cli import _setup_logging; "
+            f"_setup_logging({verbose}, False); warnings.warn('keras says something', UserWarning); "
+            "logging.getLogger('tensorflow').warning('tensorflow says something')")
+    err = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stderr
+    if verbose:  # -v shows them
+        assert "keras says something" in err and "tensorflow says something" in err
+    else:
+        assert err == ""
+
+
+def test_train_cli_rerun_of_finished_training(synth_dataset, tmp_path):
+    root, _ = synth_dataset
+    args = ["train", "nsn", "--data", root, "--out", tmp_path / "m", "--epochs", 1, "--patch", 16, "--depth", 1,
+            "--init-channels", 2, "--crops-per-volume", 1, "--optimizer", "adam"]
+    assert invoke(*args).exit_code == 0
+    res = invoke(*args)
+    assert res.exit_code == 0, res.output
+    assert f"already finished: 1 epochs in {tmp_path / 'm'}" in res.output
+    changed = [*args[:-6], "--init-channels", 3, "--crops-per-volume", 1, "--optimizer", "adam"]
+    res = invoke(*changed)
+    errors = [ln for ln in res.output.splitlines() if ln.startswith("Error: ")]
+    assert res.exit_code == 1 and len(errors) == 1 and "Traceback" not in res.output, res.output
+    assert "--init-channels (model.init_channels): 2 then, 3 now" in errors[0] and "--overwrite" in errors[0]

@@ -161,3 +161,59 @@ def test_training_precision_comes_from_the_config(synth_dataset, tmp_path):
     with pytest.raises(ConfigError, match="mixed_float16 needs a GPU"):
         train_mod.train(root, tmp_path / "m", ModelConfig(name="nsn", depth=1, init_channels=2), cfg, DATA, verbose=0)
     assert not (tmp_path / "m").exists()  # refused before any work
+
+
+def _count_epochs(monkeypatch) -> list[int]:
+    calls: list[int] = []
+    original = train_mod.EpochCallback.on_epoch_end
+    monkeypatch.setattr(train_mod.EpochCallback, "on_epoch_end",
+                        lambda self, epoch, logs=None: (calls.append(epoch), original(self, epoch, logs))[1])
+    return calls
+
+
+def test_finished_training_is_reported_not_retrained(synth_dataset, tmp_path, monkeypatch):
+    from qca_tf.errors import ConfigError
+
+    root, _ = synth_dataset
+    cfg = TrainConfig(task="nsn", optimizer="adam", epochs=2, crops_per_volume=1, min_crops_per_epoch=1, seed=0)
+    model_cfg = ModelConfig(name="nsn", depth=1, init_channels=2)
+    first = train_mod.train(root, tmp_path / "m", model_cfg, cfg, DATA, verbose=0)
+    csv_before = (tmp_path / "m" / "epochs.csv").read_text()
+    weights_before = (tmp_path / "m" / "weights.h5").stat().st_mtime_ns
+    calls = _count_epochs(monkeypatch)
+    again = train_mod.train(root, tmp_path / "m", model_cfg, cfg, DATA, verbose=0)
+    assert calls == [] and again.finished
+    assert (again.best_epoch, again.best_metric) == (first.best_epoch, pytest.approx(first.best_metric, abs=1e-6))
+    assert (tmp_path / "m" / "epochs.csv").read_text() == csv_before
+    assert (tmp_path / "m" / "weights.h5").stat().st_mtime_ns == weights_before
+    # other options: one message naming the flag, for a finished and for an unfinished run
+    with pytest.raises(ConfigError, match=r"finished \(2 epochs\) training with other options: --init-channels"):
+        train_mod.train(root, tmp_path / "m", ModelConfig(name="nsn", depth=1, init_channels=3), cfg, DATA, verbose=0)
+    with pytest.raises(ConfigError, match=r"--epochs \(train.epochs\): 2 then, 3 now"):
+        train_mod.train(root, tmp_path / "m", model_cfg, TrainConfig(**{**cfg.__dict__, "epochs": 3}), DATA, verbose=0)
+    (tmp_path / "m" / ".resume").mkdir()
+    with pytest.raises(ConfigError, match=r"unfinished training with other options: --adam-alpha"):
+        train_mod.train(root, tmp_path / "m", model_cfg, TrainConfig(**{**cfg.__dict__, "adam_alpha": 0.01}), DATA,
+                        verbose=0)
+    with pytest.raises(ConfigError, match=r"--patch \(data.patch\)"):
+        train_mod.train(root, tmp_path / "m", model_cfg, cfg, DataConfig(patch=(16, 16, 16), val_fraction=0.34),
+                        verbose=0)
+    # --overwrite trains again from epoch 1
+    res = train_mod.train(root, tmp_path / "m", model_cfg, cfg, DATA, verbose=0, overwrite=True)
+    assert calls == [0, 1] and not res.finished
+    assert [int(r["epoch"]) for r in res.history] == [1, 2]
+
+
+def test_crop_larger_than_the_volumes_is_clamped_with_a_warning(synth_dataset, tmp_path, monkeypatch, caplog):
+    root, _ = synth_dataset  # 16 x 64 x 64 voxels of 1.75 x 0.8 x 0.8 um: 35 x 64 x 64 on the 0.8 um grid
+    seen = []
+    monkeypatch.setattr(train_mod, "fit", lambda prepared, *a, **k: seen.append(prepared.data_cfg.patch))
+    cfg = TrainConfig(task="nsn", epochs=1)
+    model_cfg = ModelConfig(name="nsn", depth=2, init_channels=2)
+    with caplog.at_level("WARNING"):
+        train_mod.train(root, tmp_path / "m", model_cfg, cfg, DataConfig(patch=(400, 400, 400), val_fraction=0.34))
+        assert "--patch 400x400x400 is larger than the training volumes (35x64x64" in caplog.text
+        caplog.clear()
+        train_mod.train(root, tmp_path / "m2", model_cfg, cfg, DataConfig(patch=(32, 48, 48), val_fraction=0.34))
+        assert "larger than" not in caplog.text
+    assert seen == [(36, 64, 64), (32, 48, 48)]  # clamped to the extent rounded up to 2**depth = 4; a fitting crop kept
