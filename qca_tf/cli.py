@@ -391,7 +391,7 @@ def predict(inputs, out_dir: Path, bundle, nsn, ndn, voxel_size, channels, nsn_t
     _tensorflow()
     from qca_tf.bundle import load_networks
     from qca_tf.engines import resolve_inference
-    from qca_tf.predict import PredictOptions, choose_channels, predict_series
+    from qca_tf.predict import PredictOptions, choose_channels, predict_series, recorded_channel
 
     infer_cfg = resolve_inference(infer_cfg)
     log.debug("engine %s, precision %s", infer_cfg.engine, infer_cfg.precision)
@@ -403,7 +403,8 @@ def predict(inputs, out_dir: Path, bundle, nsn, ndn, voxel_size, channels, nsn_t
         nets.postprocess = dataclasses.replace(nets.postprocess, **overrides)
     opts = PredictOptions(save_masks=save_masks, quicklook=not no_quicklook, overwrite=overwrite, shard=shard_t,
                           voxel_size=VoxelSize.from_xyz(voxel_size) if voxel_size else None,
-                          channels=choose_channels(nets, tuple(channels)), pipelined=not sequential,
+                          channels=choose_channels(nets, tuple(channels)),
+                          default_channels=recorded_channel(nets.nsn.info, nets.nsn.model_cfg), pipelined=not sequential,
                           progress=_progress())
     run = predict_series(list(inputs), out_dir, nets, infer_cfg, opts)
     counts = ", ".join(f"{r['name']}: {r['count']}" for r in run.summary_rows[:10])

@@ -492,20 +492,30 @@ def _tiffs_in(folder: Path) -> list[Path]:
     return sorted(files, key=lambda p: natural_key(p.name))
 
 
-def _checked_layout(path: Path, channels: tuple[int, ...] | None, allow_time: bool) -> Layout:
-    """Layout of ``path`` checked to be (t,) z, y, x (, c) with ``channels`` valid for it."""
+def _checked_layout(path: Path, channels: tuple[int, ...] | None, allow_time: bool,
+                    default_channels: tuple[int, ...] | None = None) -> tuple[Layout, tuple[int, ...] | None]:
+    """Layout of ``path`` checked to be (t,) z, y, x (, c), and the channels to read from it:
+    ``channels``, else ``default_channels`` where the file has several channels, else None."""
     lay = read_layout(path)
     spatial = len(lay.shape) - (lay.n_t > 1) - (lay.n_c > 1)
     if spatial != 3 or (lay.n_t > 1 and not allow_time):
         _check_ndim(lay.shape, lay.axes, path, (3, 4) if allow_time else (3,))
         raise InputError(f"{path}: axes {lay.axes} ({_dims(lay.shape)}); expected a z stack (ZYX, TZYX, ZCYX or TZCYX)")
-    lay.check_channels(channels)
-    return lay
+    chosen = channels
+    if chosen is None and default_channels and lay.n_c > 1:
+        chosen = tuple(default_channels)
+        log.info("%s: has %d channels (%s); reading channel %s, the one the model was trained on "
+                 "(--channel overrides)", path, lay.n_c, lay.describe_channels(), ", ".join(map(str, chosen)))
+    lay.check_channels(chosen)
+    return lay, chosen
 
 
-def read_series(path: str | os.PathLike, channels: tuple[int, ...] | None = None) -> list[TimePoint]:
+def read_series(path: str | os.PathLike, channels: tuple[int, ...] | None = None,
+                default_channels: tuple[int, ...] | None = None) -> list[TimePoint]:
     """Time points of a 3D TIFF (one), a TIFF with a t axis (TZYX, TZCYX, ...), or a folder
-    of 3D TIFFs (natural order). ``channels`` picks file channels (see :class:`TimePoint`).
+    of 3D TIFFs (natural order). ``channels`` picks file channels (see :class:`TimePoint`);
+    without it, ``default_channels`` (those a model was trained on) are read from files
+    that have several channels, and one-channel files are read as they are.
     Checks every file's axes and channels from its metadata; reads no pixels."""
     path = Path(path)
     channels = tuple(channels) if channels is not None else None
@@ -515,13 +525,12 @@ def read_series(path: str | os.PathLike, channels: tuple[int, ...] | None = None
         files = _tiffs_in(path)
         if not files:
             raise InputError(f"{path}: folder holds no TIFF files (*.tif, *.tiff)")
-        for f in files:
-            _checked_layout(f, channels, allow_time=False)
-        return [TimePoint(f.stem, f, None, channels) for f in files]
-    lay = _checked_layout(path, channels, allow_time=True)
+        chosen = [_checked_layout(f, channels, False, default_channels)[1] for f in files]
+        return [TimePoint(f.stem, f, None, c) for f, c in zip(files, chosen)]
+    lay, chosen = _checked_layout(path, channels, True, default_channels)
     if lay.n_t <= 1:
-        return [TimePoint(path.stem, path, None, channels)]
-    return [TimePoint(f"{path.stem}_t{i:04d}", path, i, channels) for i in range(lay.n_t)]
+        return [TimePoint(path.stem, path, None, chosen)]
+    return [TimePoint(f"{path.stem}_t{i:04d}", path, i, chosen) for i in range(lay.n_t)]
 
 
 # --------------------------------------------------------------------------- datasets

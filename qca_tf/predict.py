@@ -135,6 +135,7 @@ class PredictOptions:
     shard: tuple[int, int] = (0, 1)          # (index I, count N): every N-th time point from I
     voxel_size: io.VoxelSize | None = None
     channels: tuple[int, ...] | None = None  # file channels fed to the networks (None: one-channel files)
+    default_channels: tuple[int, ...] | None = None  # read from multi-channel files when channels is None
     pipelined: bool = True
     progress: bool = True
 
@@ -178,11 +179,21 @@ def choose_channels(nets: Networks, requested: tuple[int, ...] = ()) -> tuple[in
     return tuple(requested) or None
 
 
-def discover(inputs: list[str | os.PathLike], channels: tuple[int, ...] | None = None) -> list[io.TimePoint]:
-    """All time points of the inputs (3D files, 4D files, folders), names unique."""
+def recorded_channel(info: dict, model_cfg) -> tuple[int, ...] | None:
+    """The file channel a one-channel model was trained on (``--channel k`` at training,
+    recorded as ``data.channels``), read from multi-channel files by default; None when
+    it records none or takes several channels (those are chosen by :func:`choose_channels`)."""
+    recorded = tuple((info.get("data") or {}).get("channels") or ())
+    return recorded if model_cfg.input_channels == 1 and len(recorded) == 1 else None
+
+
+def discover(inputs: list[str | os.PathLike], channels: tuple[int, ...] | None = None,
+             default_channels: tuple[int, ...] | None = None) -> list[io.TimePoint]:
+    """All time points of the inputs (3D files, 4D files, folders), names unique;
+    ``default_channels`` are read from multi-channel files when ``channels`` is None."""
     tps: list[io.TimePoint] = []
     for item in inputs:
-        tps.extend(io.read_series(item, channels))
+        tps.extend(io.read_series(item, channels, default_channels))
     seen: dict[str, Path] = {}
     for tp in tps:
         if tp.name in seen:
@@ -227,16 +238,17 @@ def preflight(inputs: list[str | os.PathLike], out_dir: str | os.PathLike, *, mo
     from .errors import QcaError
     from .modelio import read_model_config
 
-    spacing, chosen = None, tuple(channels) or None
+    spacing, chosen, default = None, tuple(channels) or None, None
     if model_folder is not None:
         try:
             info, model_cfg = read_model_config(model_folder)
             spacing = float(info["spacing_um"])
             if chosen is None and model_cfg.input_channels > 1:
                 chosen = tuple((info.get("data") or {}).get("channels") or ()) or None
+            default = recorded_channel(info, model_cfg)
         except (QcaError, KeyError, TypeError, ValueError):
             pass  # the model loader reports what is wrong with the model
-    tps = discover(inputs, chosen)
+    tps = discover(inputs, chosen, default)
     _check_output(Path(out_dir))
     free = available_memory()
     for source in dict.fromkeys(tp.source for tp in tps):
@@ -327,7 +339,7 @@ def predict_series(inputs: list[str | os.PathLike], out_dir: str | os.PathLike, 
     from .engines import resolve_engine
 
     out = Path(out_dir)
-    tps = discover(inputs, opts.channels)
+    tps = discover(inputs, opts.channels, opts.default_channels)
     _check_output(out)
     shard_i, shard_n = opts.shard
     mine = [(i, tp) for i, tp in enumerate(tps) if i % shard_n == shard_i]
@@ -529,7 +541,8 @@ def _write_run_json(out: Path, inputs, nets: Networks, infer_cfg: InferenceConfi
         "options": {"save_masks": opts.save_masks, "overwrite": opts.overwrite, "shard": list(opts.shard),
                     "voxel_size": None if opts.voxel_size is None else list(opts.voxel_size.zyx[::-1]),
                     "pipelined": opts.pipelined,
-                    "channels": None if opts.channels is None else list(opts.channels)},
+                    "channels": None if opts.channels is None else list(opts.channels),
+                    "default_channels": None if opts.default_channels is None else list(opts.default_channels)},
         "processed": run.processed,
         "skipped": run.skipped,
         "failed": run.failed,

@@ -124,6 +124,41 @@ def test_predict_channel_of_hyperstack_equals_single_channel(trained_bundle, syn
     assert run["options"]["channels"] == [1]
 
 
+def test_one_channel_model_replays_its_training_channel(trained_bundle, synth_dataset, tmp_path):
+    """A one-channel model trained with --channel 1 records it (data.channels); prediction on a
+    multi-channel file without --channel reads channel 1, a one-channel file is read as it is,
+    and --channel still overrides."""
+    bundle, _ = trained_bundle
+    root, _ = synth_dataset
+    image = io.read_stack(root / "images" / "t0000.tif")
+    _imagej_zcyx(tmp_path / "two.tif", [_noise_like(image, 1), image], names=["membrane", "H2B"])
+    recorded = tmp_path / "bundle_ch1"
+    shutil.copytree(bundle, recorded)
+    cfg_path = recorded / "nsn" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["data"]["channels"] = [1]  # what `qca-tf train nsn --channel 1` writes
+    cfg_path.write_text(json.dumps(cfg))
+
+    reference = invoke("predict", tmp_path / "two.tif", "--model", bundle, "--out", tmp_path / "ref", "--channel", 1,
+                       "--no-quicklook")
+    assert reference.exit_code == 0, reference.output
+    replayed = invoke("predict", tmp_path / "two.tif", "--model", recorded, "--out", tmp_path / "rep", "--no-quicklook")
+    assert replayed.exit_code == 0, replayed.output
+    expected = io.read_stack(tmp_path / "ref" / "labels" / "two.tif")
+    assert expected.max() >= 3
+    np.testing.assert_array_equal(io.read_stack(tmp_path / "rep" / "labels" / "two.tif"), expected)
+    run = json.loads((tmp_path / "rep" / "run.json").read_text())
+    assert run["options"]["channels"] is None and run["options"]["default_channels"] == [1]
+
+    single = invoke("predict", root / "images" / "t0000.tif", "--model", recorded, "--out", tmp_path / "one",
+                    "--no-quicklook")
+    assert single.exit_code == 0, single.output
+    noise = invoke("predict", tmp_path / "two.tif", "--model", recorded, "--out", tmp_path / "ch0", "--channel", 0,
+                   "--no-quicklook")
+    assert noise.exit_code == 0, noise.output
+    assert not np.array_equal(io.read_stack(tmp_path / "ch0" / "labels" / "two.tif"), expected)
+
+
 # --------------------------------------------------------------------------- a model on two channels
 
 
