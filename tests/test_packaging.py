@@ -100,7 +100,10 @@ def _venv_with_parent_deps(venv: Path) -> Path:
     # sys.path would win over an editable finder and hide what the test installs
     shadow = venv.parent / f"{venv.name}-deps"
     shadow.mkdir()
-    for site_dir in dict.fromkeys([sysconfig.get_paths()["purelib"], *site.getsitepackages()]):
+    # every site-packages folder on sys.path: also those a .pth file adds (a venv layered on another)
+    site_dirs = [sysconfig.get_paths()["purelib"], *site.getsitepackages(),
+                 *(p for p in sys.path if Path(p).name == "site-packages" and Path(p).is_dir())]
+    for site_dir in dict.fromkeys(site_dirs):
         for entry in Path(site_dir).iterdir():
             own = entry.name.startswith(("qca_tf", "__editable__", "_qca_test"))
             if not own and not (shadow / entry.name).exists():
