@@ -354,6 +354,7 @@ def search_postprocess(cfg: PostSearchSettings, *, storage_url: str | None = Non
     space = make_space(shipped, nets, volumes)
     ident = {"network": NETWORK, "model": str(folder.resolve()), "data": str(Path(cfg.data).resolve()),
              "space": space.to_json()}
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # one summary at the end, not a line per trial
     study = open_post_study(cfg, ident, storage)
     recover_dead(study)
     if cfg.warm_start and not study.get_trials(deepcopy=False):
@@ -366,7 +367,6 @@ def search_postprocess(cfg: PostSearchSettings, *, storage_url: str | None = Non
              f"sampler {cfg.sampler}, storage {redact(cfg.storage)}")
         sampler = st.make_sampler(cfg.sampler, st.worker_seed(cfg.seed, 0, len(study.trials)))
         study = optuna.load_study(study_name=cfg.study, storage=storage, sampler=sampler)
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
         study.optimize(_objective(space, volumes, nets.spacing_um, cfg.match_distance_um),
                        n_trials=cfg.trials - done, timeout=cfg.timeout_s, show_progress_bar=False,
                        callbacks=[optuna.study.MaxTrialsCallback(cfg.trials, states=FINISHED)])

@@ -118,6 +118,7 @@ def test_search_finds_the_known_thresholds_and_resumes(case, known_networks, tmp
     assert best["before"]["nuclei"] == 2 * GT_NUCLEI and best["before"]["mucov"] < 0.4
     assert best["after"]["nuclei"] == GT_NUCLEI and best["after"]["det_f1"] == 1.0
     assert best["after"]["mucov"] > 0.99 and best["after"]["seg"] > 0.99
+    assert float(rows[0]["value"]) == pytest.approx(best["before"]["mucov"], abs=1e-6)
     assert best["after"]["mucov"] == pytest.approx(max(float(r["value"]) for r in rows), abs=1e-6)
     assert "before (bundle's settings)" in result.output and "after (tuned)" in result.output
 
@@ -139,14 +140,14 @@ def test_search_finds_the_known_thresholds_and_resumes(case, known_networks, tmp
     # the new bundle predicts with the real (untrained) networks
     monkeypatch.undo()
     result = invoke("predict", data / "images" / "t0000.tif", "--out", tmp_path / "pred", "--model",
-                    out / "bundle", "--no-quicklook", "--precision", "float32")
+                    out / "bundle", "--no-quicklook", "--precision", "float32", "--engine", "tensorflow")
     assert result.exit_code == 0, result.output
     assert (tmp_path / "pred" / "labels" / "t0000.tif").exists()
     run = json.loads((tmp_path / "pred" / "run.json").read_text())
     assert run["postprocess"] == best["postprocess"]
 
 
-def test_score_is_what_predict_writes(case, known_networks):
+def test_score_is_what_predict_writes(case, known_networks, tmp_path):
     """A trial scores the labels predict would write with the same settings."""
     root, data, _ = case
     from qca_tf.search.postprocess_search import cache_probabilities, ground_truth_samples, score
@@ -161,6 +162,11 @@ def test_score_is_what_predict_writes(case, known_networks):
         labels, _, _ = predict.to_labels(nets, v.shape, v.nsn, v.ndn)
         expected.append(metrics.mucov(labels, v.gt))
     assert score(good, volumes, nets.spacing_um)["mucov"] == pytest.approx(np.mean(expected), abs=1e-12)
+    # past the memory budget the probabilities are memory-mapped from disk, with the same scores
+    spilled = cache_probabilities(nets, ground_truth_samples(data), InferenceConfig(), spill_dir=tmp_path,
+                                  memory_gb=0.0, progress=False)
+    assert all(isinstance(v.nsn, np.memmap) and (tmp_path / f"{v.name}.ndn.npy").exists() for v in spilled)
+    assert score(good, spilled, nets.spacing_um) == score(good, volumes, nets.spacing_um)
 
 
 def test_bad_input_is_one_line(case, tmp_path):
