@@ -99,10 +99,25 @@ class CachedVolume:
         return tuple(self.gt.shape)  # type: ignore[return-value]
 
 
-def ground_truth_samples(data: str | Path) -> list:
-    """The dataset's samples (:func:`qca_tf.io.find_dataset`), each with instance labels;
-    one InputError line when some (or all) have none."""
+@dataclass
+class Truth:
+    """One dataset volume's image file, instance ground truth (z, y, x; a one-valued mask
+    counts as its 6-connected components, as in ``qca-tf evaluate``) and voxel size."""
+
+    name: str
+    image: Path
+    labels: Path
+    gt: np.ndarray
+    voxel: Any  # qca_tf.io.VoxelSize
+
+
+def read_ground_truth(data: str | Path, voxel_override=None) -> list[Truth]:
+    """The dataset's volumes (:func:`qca_tf.io.find_dataset`: ``images/`` + ``labels/``)
+    with their ground truth; one InputError line when some (or all) have none, or a
+    voxel size is missing (``voxel_override``: ``--voxel-size``)."""
     from qca_tf import io
+    from qca_tf.evaluate import as_instances
+    from qca_tf.labels import as_label_image
 
     samples = io.find_dataset(data)
     missing = [s for s in samples if s.labels is None]
@@ -110,19 +125,8 @@ def ground_truth_samples(data: str | Path) -> list:
         what = "no image has" if len(missing) == len(samples) else f"{len(missing)} of {len(samples)} images have"
         raise InputError(f"{data}: {what} instance ground truth (first: {missing[0].image.name}); search qcanet "
                          f"needs {Path(data) / 'labels'}/ with an instance-label TIFF of the same name per image")
-    return samples
-
-
-def _read_gt(sample, image_shape: tuple[int, ...]) -> np.ndarray:
-    from qca_tf import io
-    from qca_tf.evaluate import as_instances
-    from qca_tf.labels import as_label_image
-
-    gt = as_label_image(str(sample.labels), io.read_stack(sample.labels))
-    if gt.shape != tuple(image_shape[:3]):
-        raise InputError(f"{sample.labels}: shape {gt.shape} differs from its image {sample.image} "
-                         f"{tuple(image_shape[:3])}")
-    return as_instances(gt)
+    return [Truth(s.name, s.image, s.labels, as_instances(as_label_image(str(s.labels), io.read_stack(s.labels))),
+                  io.voxel_size_of(s.image, voxel_override)) for s in samples]
 
 
 def _spill(array: np.ndarray | None, path: Path) -> np.ndarray | None:
@@ -135,10 +139,9 @@ def _spill(array: np.ndarray | None, path: Path) -> np.ndarray | None:
     return np.load(path, mmap_mode="r")
 
 
-def cache_probabilities(nets, samples: list, infer_cfg, *, voxel_override=None, channels=None,
-                        spill_dir: Path | None = None, memory_gb: float = 2.0,
-                        progress: bool = True) -> list[CachedVolume]:
-    """Run the networks once per sample (``qca_tf.predict.prepare`` + ``segment``, each
+def cache_probabilities(nets, truths: list[Truth], infer_cfg, *, channels=None, spill_dir: Path | None = None,
+                        memory_gb: float = 2.0, progress: bool = True) -> list[CachedVolume]:
+    """Run the networks once per volume (``qca_tf.predict.prepare`` + ``segment``, each
     network's recipe replayed) and keep the probabilities; beyond ``memory_gb`` in all,
     the rest go to ``spill_dir`` as .npy files, memory-mapped."""
     from tqdm.auto import tqdm
@@ -147,16 +150,17 @@ def cache_probabilities(nets, samples: list, infer_cfg, *, voxel_override=None, 
 
     volumes: list[CachedVolume] = []
     held = 0
-    for s in tqdm(samples, desc="networks", unit="volume", disable=not progress, leave=False):
-        prep = predict.prepare(io.TimePoint(s.name, s.image, None, channels), voxel_override, nets.recipes)
-        gt = _read_gt(s, prep.raw.shape)
+    for t in tqdm(truths, desc="networks", unit="volume", disable=not progress, leave=False):
+        prep = predict.prepare(io.TimePoint(t.name, t.image, None, channels), t.voxel, nets.recipes)
+        if prep.raw.shape != t.gt.shape:
+            raise InputError(f"{t.labels}: shape {t.gt.shape} differs from its image {t.image} {prep.raw.shape}")
         nsn, ndn = predict.segment(nets, prep.volumes, infer_cfg)
         size = nsn.nbytes + (0 if ndn is None else ndn.nbytes)
         if spill_dir is not None and held + size > memory_gb * 1e9:
-            nsn, ndn = _spill(nsn, spill_dir / f"{s.name}.nsn.npy"), _spill(ndn, spill_dir / f"{s.name}.ndn.npy")
+            nsn, ndn = _spill(nsn, spill_dir / f"{t.name}.nsn.npy"), _spill(ndn, spill_dir / f"{t.name}.ndn.npy")
         else:
             held += size
-        volumes.append(CachedVolume(s.name, gt, prep.voxel, nsn, ndn))
+        volumes.append(CachedVolume(t.name, t.gt, t.voxel, nsn, ndn))
     log.info("network probabilities of %d volume(s) cached (%.0f MB in memory)", len(volumes), held / 1e6)
     return volumes
 
@@ -186,7 +190,7 @@ class PostSpace:
                 "min_marker_size": [0, self.max_marker_size], "min_volume_um3": [0.0, self.max_volume_um3]}
 
 
-def make_space(shipped: PostprocessConfig, nets, volumes: list[CachedVolume]) -> PostSpace:
+def make_space(shipped: PostprocessConfig, nets, truths: list[Truth]) -> PostSpace:
     """Ranges sensible for this bundle and data: thresholds 0.05..0.95; markers up to the
     voxel count of the NDN's centre sphere (its training ``ndn_diameter``, grid voxels);
     minimum volume up to half the median ground-truth nucleus volume (um^3); each range
@@ -194,7 +198,7 @@ def make_space(shipped: PostprocessConfig, nets, volumes: list[CachedVolume]) ->
     ndn_cfg = nets.ndn.data_cfg if nets.ndn is not None and nets.ndn.data_cfg is not None else DataConfig()
     sphere = math.ceil(4.0 / 3.0 * math.pi * (ndn_cfg.ndn_diameter / 2.0) ** 3)
     sizes = []
-    for v in volumes:
+    for v in truths:
         counts_ = np.bincount(v.gt.ravel())[1:]
         sizes.extend((counts_[counts_ > 0] * float(np.prod(v.voxel.zyx))).tolist())
     half_median = 0.5 * float(np.median(sizes)) if sizes else 100.0
@@ -341,22 +345,20 @@ def search_postprocess(cfg: PostSearchSettings, *, storage_url: str | None = Non
     st.check_sampler_available(cfg.sampler)
     folder = resolve(cfg.model)
     source = read_bundle(folder)
-    samples = ground_truth_samples(cfg.data)  # before anything is written or loaded
-    writable_folder(out)
+    truths = read_ground_truth(cfg.data, VoxelSize.from_xyz(cfg.voxel_size) if cfg.voxel_size else None)
+    writable_folder(out)  # every check above runs before anything is written
     storage = open_storage(storage_url, out)
     infer_cfg = resolve_inference(InferenceConfig())
     nets = load_networks(bundle=folder, infer_cfg=infer_cfg)
     shipped = nets.postprocess
-    volumes = cache_probabilities(nets, samples, infer_cfg,
-                                  voxel_override=VoxelSize.from_xyz(cfg.voxel_size) if cfg.voxel_size else None,
-                                  channels=choose_channels(nets), spill_dir=out / "cache",
-                                  memory_gb=cfg.cache_memory_gb, progress=progress)
-    space = make_space(shipped, nets, volumes)
+    space = make_space(shipped, nets, truths)
     ident = {"network": NETWORK, "model": str(folder.resolve()), "data": str(Path(cfg.data).resolve()),
              "space": space.to_json()}
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one summary at the end, not a line per trial
     study = open_post_study(cfg, ident, storage)
     recover_dead(study)
+    volumes = cache_probabilities(nets, truths, infer_cfg, channels=choose_channels(nets), spill_dir=out / "cache",
+                                  memory_gb=cfg.cache_memory_gb, progress=progress)
     if cfg.warm_start and not study.get_trials(deepcopy=False):
         study.enqueue_trial(params_of(shipped), user_attrs={"warm_start": "bundle's settings"})
     done = counts(study)["finished"]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -137,6 +138,12 @@ def test_search_finds_the_known_thresholds_and_resumes(case, known_networks, tmp
     assert result.exit_code == 0 and "already has 36 finished" in result.output
     assert len(_trials(out)) == 36
 
+    # the study belongs to its bundle: another one is refused before the networks run
+    shutil.copytree(root / "bundle", tmp_path / "other")
+    calls = len(known_networks)
+    one_line_error(invoke(*args[:2], "--model", tmp_path / "other", *args[4:], "--trials", 40), "another --model")
+    assert len(known_networks) == calls and len(_trials(out)) == 36
+
     # the new bundle predicts with the real (untrained) networks
     monkeypatch.undo()
     result = invoke("predict", data / "images" / "t0000.tif", "--out", tmp_path / "pred", "--model",
@@ -150,11 +157,11 @@ def test_search_finds_the_known_thresholds_and_resumes(case, known_networks, tmp
 def test_score_is_what_predict_writes(case, known_networks, tmp_path):
     """A trial scores the labels predict would write with the same settings."""
     root, data, _ = case
-    from qca_tf.search.postprocess_search import cache_probabilities, ground_truth_samples, score
+    from qca_tf.search.postprocess_search import cache_probabilities, read_ground_truth, score
     from qca_tf import metrics
 
     nets = load_networks(bundle=root / "bundle", infer_cfg=InferenceConfig(precision="float32"))
-    volumes = cache_probabilities(nets, ground_truth_samples(data), InferenceConfig(), progress=False)
+    volumes = cache_probabilities(nets, read_ground_truth(data), InferenceConfig(), progress=False)
     good = PostprocessConfig(nsn_threshold=0.7, ndn_threshold=0.8, min_marker_size=0, min_volume_um3=0.0)
     nets.postprocess = good
     expected = []
@@ -163,7 +170,7 @@ def test_score_is_what_predict_writes(case, known_networks, tmp_path):
         expected.append(metrics.mucov(labels, v.gt))
     assert score(good, volumes, nets.spacing_um)["mucov"] == pytest.approx(np.mean(expected), abs=1e-12)
     # past the memory budget the probabilities are memory-mapped from disk, with the same scores
-    spilled = cache_probabilities(nets, ground_truth_samples(data), InferenceConfig(), spill_dir=tmp_path,
+    spilled = cache_probabilities(nets, read_ground_truth(data), InferenceConfig(), spill_dir=tmp_path,
                                   memory_gb=0.0, progress=False)
     assert all(isinstance(v.nsn, np.memmap) and (tmp_path / f"{v.name}.ndn.npy").exists() for v in spilled)
     assert score(good, spilled, nets.spacing_um) == score(good, volumes, nets.spacing_um)
