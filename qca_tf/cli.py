@@ -228,9 +228,11 @@ def train(network: str, data_dir: Path, out_dir: Path, patch, kernel_size, voxel
 @click.option("--trials", required=True, type=int, help="Finished trials (complete or pruned) the study must hold.")
 @click.option("--model", "bundle", type=str, default=None, metavar="BUNDLE",
               help="qcanet only: the bundle (folder or name) whose post-processing is tuned, networks fixed.")
-@_voxel_option
+@click.option("--voxel-size", nargs=3, type=float, default=None, metavar="X Y Z",
+              help="qcanet only: voxel size in micrometres (x y z) of the --data images; overrides their metadata.")
 @click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
-              help="Training dataset folder [none: a built-in synthetic embryo made in OUT/data].")
+              help="Training dataset folder [none: a built-in synthetic embryo made in OUT/data]; qcanet: "
+                   "images/ + labels/ (instance ground truth), required.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Output folder [qca_search_NETWORK]; rerunning the same command resumes it.")
 @click.option("--engine", default="optuna", show_default=True, help="optuna or keras-tuner.")
