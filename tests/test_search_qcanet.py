@@ -183,6 +183,8 @@ def test_bad_input_is_one_line(case, tmp_path):
                    "--model", "qcanet")
     one_line_error(invoke("search", "qcanet", "--model", root / "bundle", "--data", data, "--trials", 3,
                           "--epochs", 4, "--out", tmp_path / "c"), "--epochs")
+    one_line_error(invoke("search", "ndn", "--voxel-size", 1, 1, 1, "--trials", 3, "--out", tmp_path / "c"),
+                   "--voxel-size", "qcanet")
     one_line_error(invoke("search", "qcanet", "--model", root / "bundle", "--trials", 3, "--out", tmp_path / "d"),
                    "--data")
     one_line_error(invoke("search", "qcanet", "--model", root / "bundle", "--data", data, "--trials", 0,
