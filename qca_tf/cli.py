@@ -262,10 +262,15 @@ def train(network: str, data_dir: Path, out_dir: Path, patch, kernel_size, voxel
 
 
 @main.command()
-@click.argument("network", type=click.Choice(["nsn", "ndn", "unet3d"]))
+@click.argument("network", type=click.Choice(["nsn", "ndn", "unet3d", "qcanet"]))
 @click.option("--trials", required=True, type=int, help="Finished trials (complete or pruned) the study must hold.")
+@click.option("--model", "bundle", type=str, default=None, metavar="BUNDLE",
+              help="qcanet only: the bundle (folder or name) whose post-processing is tuned, networks fixed.")
+@click.option("--voxel-size", nargs=3, type=float, default=None, metavar="X Y Z",
+              help="qcanet only: voxel size in micrometres (x y z) of the --data images; overrides their metadata.")
 @click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
-              help="Training dataset folder [none: a built-in synthetic embryo made in OUT/data].")
+              help="Training dataset folder [none: a built-in synthetic embryo made in OUT/data]; qcanet: "
+                   "images/ + labels/ (instance ground truth), required.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Output folder [qca_search_NETWORK]; rerunning the same command resumes it.")
 @click.option("--engine", default="optuna", show_default=True, help="optuna or keras-tuner.")
@@ -288,14 +293,22 @@ def train(network: str, data_dir: Path, out_dir: Path, patch, kernel_size, voxel
               help="Run the published preset as the first trial.")
 @click.option("--keep", type=click.IntRange(1), default=5, show_default=True,
               help="Trials whose weights stay on disk (the best ones).")
-def search(network: str, trials: int, data_dir, out_dir, engine, sampler, pruner, storage, study_name, space_file,
-           workers, epochs, patch, timeout, seed, max_params, warm_start, keep) -> None:
+def search(network: str, trials: int, bundle, voxel_size, data_dir, out_dir, engine, sampler, pruner, storage,
+           study_name, space_file, workers, epochs, patch, timeout, seed, max_params, warm_start, keep) -> None:
     """Bayesian search of NETWORK's ten hyperparameters (architecture + optimiser).
 
     Writes OUT/best/ (model folder + SavedModel), OUT/best_params.json (for
     `qca-tf train --params`), OUT/trials.csv and OUT/plots/. Rerun to resume; run the
     same command on several machines with --storage to share one study.
+
+    `search qcanet --model BUNDLE --data DIR` tunes the bundle's post-processing
+    (thresholds, marker size, minimum volume) on MUCov against DIR/labels/ and writes
+    OUT/bundle/ (see docs/search.md).
     """
+    if network == "qcanet" or bundle is not None or voxel_size is not None:
+        _search_qcanet(network, trials, bundle, voxel_size, data_dir, out_dir, sampler, storage, study_name, timeout,
+                       seed, warm_start)
+        return
     from qca_tf.search.run import search as run_search
     from qca_tf.search.settings import SearchSettings
     from qca_tf.search.storage import redact
@@ -310,6 +323,36 @@ def search(network: str, trials: int, data_dir, out_dir, engine, sampler, pruner
                          timeout_s=timeout, seed=seed, max_params=max_params, warm_start=warm_start, keep=keep,
                          space_file=str(space_file) if space_file else None)
     run_search(cfg, storage_url=storage, echo=click.echo, progress=_progress())
+
+
+_NETWORK_ONLY = ("engine", "pruner", "workers", "epochs", "patch", "space_file", "max_params", "keep")
+
+
+def _search_qcanet(network, trials, bundle, voxel_size, data_dir, out_dir, sampler, storage, study_name, timeout,
+                   seed, warm_start) -> None:
+    """`search qcanet`: --model required, options of the network search refused (one line each)."""
+    ctx = click.get_current_context()
+    if network != "qcanet":
+        flag = "--model" if bundle is not None else "--voxel-size"
+        raise click.ClickException(f"{flag} applies to `search qcanet` only (search {network} trains networks)")
+    if bundle is None:
+        raise click.ClickException("search qcanet needs --model BUNDLE (a folder or a name): the networks whose "
+                                   "post-processing is tuned")
+    for name in _NETWORK_ONLY:
+        if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT:
+            flag = next(p.opts[0] for p in ctx.command.params if p.name == name)
+            raise click.ClickException(f"{flag} does not apply to `search qcanet` (the networks are fixed; "
+                                       "only the post-processing is tuned)")
+    from qca_tf.search.postprocess_search import PostSearchSettings, search_postprocess
+    from qca_tf.search.storage import redact
+
+    cfg = PostSearchSettings(model=bundle, data=str(data_dir) if data_dir else "",
+                             out=str(out_dir or Path("qca_search_qcanet")), trials=trials,
+                             study=study_name or "qcanet", sampler=sampler,
+                             storage=redact(storage) if storage else None, seed=seed, warm_start=warm_start,
+                             timeout_s=timeout, voxel_size=tuple(voxel_size) if voxel_size else None)
+    _tensorflow()
+    search_postprocess(cfg, storage_url=storage, echo=click.echo)
 
 
 # ------------------------------------------------------------------------- predict

@@ -42,7 +42,7 @@ import numpy as np
 
 from . import __version__, criteria, io, plots, postprocess, preprocess, resume
 from .bundle import Networks, load_networks  # noqa: F401  (load_networks: the loader of a predict job)
-from .config import InferenceConfig, to_dict, write_json_atomic
+from .config import InferenceConfig, PostprocessConfig, to_dict, write_json_atomic
 from .errors import InputError, ModelError, OutputError
 from .preprocess import GridRecipe
 
@@ -103,6 +103,16 @@ def segment(nets: Networks, volumes: Mapping[GridRecipe, np.ndarray] | np.ndarra
     return nsn, ndn
 
 
+def instance_labels(cfg: PostprocessConfig, spacing_um: float, shape: tuple[int, int, int], nsn_prob: np.ndarray,
+                    ndn_prob: np.ndarray | None, name: str = "") -> np.ndarray:
+    """Instance labels (int32, 1..N) of ``shape`` (the original grid) from the NSN and NDN
+    probabilities (Z, Y, X) on the isotropic network grid of ``spacing_um``: the watershed
+    with ``cfg`` on the network grid, then nearest-neighbour back to ``shape``. What
+    :func:`to_labels` writes, and what ``qca-tf search qcanet`` scores per trial."""
+    labels = postprocess.instances_from_probabilities(nsn_prob, ndn_prob, cfg, (spacing_um,) * 3, name=name)
+    return postprocess.relabel_consecutive(preprocess.resize_labels(labels, shape))
+
+
 def to_labels(nets: Networks, shape: tuple[int, int, int], nsn_prob: np.ndarray,
               ndn_prob: np.ndarray | None, name: str = "") -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Watershed on the network grid, then labels and masks back on the original grid.
@@ -110,9 +120,7 @@ def to_labels(nets: Networks, shape: tuple[int, int, int], nsn_prob: np.ndarray,
     Returns (labels uint16 1..N, nsn mask uint8 0/255, ndn mask uint8 0/255 or None), each ``shape``.
     """
     cfg = nets.postprocess
-    spacing = (nets.spacing_um,) * 3
-    labels = postprocess.instances_from_probabilities(nsn_prob, ndn_prob, cfg, spacing, name=name)
-    labels = postprocess.relabel_consecutive(preprocess.resize_labels(labels, shape))
+    labels = instance_labels(cfg, nets.spacing_um, shape, nsn_prob, ndn_prob, name)
     nsn_mask = nsn_prob > cfg.nsn_threshold
     ndn_mask = None if ndn_prob is None else ndn_prob > cfg.ndn_threshold
     if labels.max() > np.iinfo(np.uint16).max:
