@@ -45,7 +45,8 @@ log = logging.getLogger(__name__)
 
 PROJECT_DIR = "keras_tuner"
 OUTCOME_NAME = "outcome.json"
-COUNTED = ("COMPLETE", "PRUNED")  # states that count towards --trials (Optuna engine: storage.FINISHED)
+COUNTED = ("COMPLETE", "PRUNED")
+MAX_FAILED_IN_A_ROW = 10  # states that count towards --trials (Optuna engine: storage.FINISHED)
 
 
 class KtTrial:
@@ -150,6 +151,7 @@ def _read_records(oracle, out: Path) -> list[dict[str, Any]]:
 def _classes():
     """The oracle and tuner subclasses (built on first use: keras_tuner imports Keras)."""
     import keras_tuner as kt
+    import numpy as np
     from keras_tuner.engine.base_tuner import BaseTuner
 
     class Oracle(kt.oracles.BayesianOptimizationOracle):
@@ -165,7 +167,25 @@ def _classes():
             if self.warm_values is not None and not self.trials:
                 self.warm_trial = trial_id
                 return {"status": kt.engine.trial.TrialStatus.RUNNING, "values": dict(self.warm_values)}
-            return super().populate_space(trial_id)
+            response = super().populate_space(trial_id)
+            if response.get("values") is not None and self._duplicate(response["values"]):
+                # the GP's optimum is a point already tried (e.g. on a bound): a random one instead
+                response = self._random_populate_space()
+            return response
+
+        def _vectorize_trials(self):
+            # keras-tuner leaves failed trials (here also the configurations not run) out of
+            # the GP, which then proposes them again and again; they enter it with the worst
+            # value seen (the trial itself stays FAILED, with no value, in its records)
+            x, y = super()._vectorize_trials()
+            failed = [t for t in self.trials.values() if t.status in ("FAILED", "INVALID")]
+            if not failed or len(y) == 0:
+                return x, y
+            worst = float(np.max(y))  # keras-tuner minimises: the largest is the worst
+            rows = [[hp.value_to_prob(t.hyperparameters.values[hp.name]
+                                      if t.hyperparameters.is_active(hp) and hp.name in t.hyperparameters.values
+                                      else hp.default) for hp in self._nonfixed_space()] for t in failed]
+            return np.vstack([x, np.array(rows)]), np.concatenate([y, np.full(len(rows), worst)])
 
         def get_state(self):
             return {**super().get_state(), "qca_warm_trial": self.warm_trial}
@@ -186,6 +206,11 @@ def _classes():
             # not part of the oracle's saved state); past --timeout no new trial starts
             failed = sum(r["state"] == "FAIL" for r in self.run.records.values())
             self.oracle.max_trials = self.run.cfg.trials + failed
+            last = [self.run.records[n] for n in sorted(self.run.records)][-MAX_FAILED_IN_A_ROW:]
+            if len(last) == MAX_FAILED_IN_A_ROW and all(r["state"] == "FAIL" for r in last):
+                raise _TooManyFailures(f"{MAX_FAILED_IN_A_ROW} trials in a row failed (last: trial "
+                                       f"{last[-1]['number']}, {last[-1]['user_attrs'].get('fail_reason')}); "
+                                       f"see {self.run.out / 'trials.csv'}")
             if self.run.deadline is not None and time.time() >= self.run.deadline and not self.oracle.ongoing_trials:
                 raise _Deadline()
 
@@ -205,6 +230,10 @@ def _classes():
 
 class _Deadline(Exception):
     """--timeout has passed: start no more trials."""
+
+
+class _TooManyFailures(ConfigError):
+    """The search stops: failed trials do not count towards --trials, so it could go on forever."""
 
 
 class _Run:
@@ -265,17 +294,26 @@ class _Run:
 @contextlib.contextmanager
 def _quiet_failures():
     """keras-tuner prints the traceback of every failed trial to stderr (its ``config.DEBUG``);
-    the trial lines and ``trials.csv`` give the reason, ``OUT/trials/NNNN/error.txt`` a crash's traceback."""
+    the trial lines and ``trials.csv`` give the reason, ``OUT/trials/NNNN/error.txt`` a crash's
+    traceback. scikit-learn's convergence warnings of the GP fit are silenced too."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+
     try:
         from keras_tuner.src import config as kt_config
-    except ImportError:  # another keras-tuner layout: its messages stay
-        yield
-        return
-    saved, kt_config.DEBUG = kt_config.DEBUG, False
+    except ImportError:  # another keras-tuner layout: its tracebacks stay
+        kt_config = None
+    saved = getattr(kt_config, "DEBUG", None)
+    if kt_config is not None:
+        kt_config.DEBUG = False
     try:
-        yield
+        with warnings.catch_warnings():  # the GP's kernel fit on few points warns about its bounds
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            yield
     finally:
-        kt_config.DEBUG = saved
+        if kt_config is not None:
+            kt_config.DEBUG = saved
 
 
 def _check_identity(cfg: st.SearchSettings, space: SearchSpace, project: Path) -> None:
@@ -348,6 +386,7 @@ def search_keras_tuner(cfg: st.SearchSettings, space: SearchSpace, *, echo: Call
     if said.getvalue().strip():
         log.info("keras-tuner: %s", said.getvalue().strip())
     tuner.save()
+    stopped = None
     run.records = {r["number"]: r for r in _read_records(oracle, out) if r["state"] != "RUNNING"}
     done = sum(r["state"] in COUNTED for r in run.records.values())
     if done >= cfg.trials:
@@ -366,6 +405,8 @@ def search_keras_tuner(cfg: st.SearchSettings, space: SearchSpace, *, echo: Call
                 tuner.search()
         except _Deadline:
             log.info("--timeout reached: no more trials started")
+        except _TooManyFailures as exc:
+            stopped = exc
         except kt.errors.FatalError:
             if run.fatal is not None:
                 raise run.fatal from None
@@ -377,4 +418,6 @@ def search_keras_tuner(cfg: st.SearchSettings, space: SearchSpace, *, echo: Call
         from .outputs import write_outputs
 
         write_outputs(study, cfg, space, echo)
+    if stopped is not None:
+        raise stopped
     return study
