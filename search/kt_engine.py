@@ -206,10 +206,10 @@ def _classes():
             # not part of the oracle's saved state); past --timeout no new trial starts
             failed = sum(r["state"] == "FAIL" for r in self.run.records.values())
             self.oracle.max_trials = self.run.cfg.trials + failed
-            last = [self.run.records[n] for n in sorted(self.run.records)][-MAX_FAILED_IN_A_ROW:]
-            if len(last) == MAX_FAILED_IN_A_ROW and all(r["state"] == "FAIL" for r in last):
-                raise _TooManyFailures(f"{MAX_FAILED_IN_A_ROW} trials in a row failed (last: trial "
-                                       f"{last[-1]['number']}, {last[-1]['user_attrs'].get('fail_reason')}); "
+            if self.run.failed_in_a_row >= MAX_FAILED_IN_A_ROW:  # in this run: a rerun tries again
+                last = self.run.records[max(self.run.records)]
+                raise _TooManyFailures(f"{self.run.failed_in_a_row} trials in a row failed (last: trial "
+                                       f"{last['number']}, {last['user_attrs'].get('fail_reason')}); "
                                        f"see {self.run.out / 'trials.csv'}")
             if self.run.deadline is not None and time.time() >= self.run.deadline and not self.oracle.ongoing_trials:
                 raise _Deadline()
@@ -247,6 +247,7 @@ class _Run:
         self.deadline = time.time() + cfg.timeout_s if cfg.timeout_s else None
         self.records: dict[int, dict[str, Any]] = {}
         self.fatal: QcaError | None = None
+        self.failed_in_a_row = 0
         self.objective = load_objective(cfg)  # training: the data are prepared once, here
         self.progress = progress
         self.bar = None
@@ -271,6 +272,7 @@ class _Run:
         folder.mkdir(parents=True, exist_ok=True)
         write_json_atomic(folder / OUTCOME_NAME, json.loads(json.dumps(record)))
         self.records[t.number] = record
+        self.failed_in_a_row = self.failed_in_a_row + 1 if outcome.state == "FAIL" else 0
         return outcome.value if outcome.state == "COMPLETE" else None
 
     def study(self) -> optuna.Study:
