@@ -16,6 +16,7 @@ Output folder, besides the common outputs (see :mod:`.run`)::
                                      trial_N/trial.json): rerunning resumes from it
     OUT/keras_tuner/STUDY/identity.json   network, space, epochs, crop of the search
     OUT/trials/NNNN/outcome.json     what the trial gave (state, value, parameters, reason)
+    OUT/logs/keras-tuner.log         the trials' training log (per-epoch lines)
 
 Budget: as with Optuna, ``--trials N`` counts complete and pruned (not run) trials;
 failed ones (out of memory, NaN loss, crash) do not count.
@@ -294,6 +295,26 @@ class _Run:
 
 
 @contextlib.contextmanager
+def _training_log(out: Path):
+    """The per-epoch lines of ``qca_tf.train`` go to ``OUT/logs/keras-tuner.log`` (as the
+    Optuna engine's go to its worker logs); the console keeps one line per trial."""
+    (out / "logs").mkdir(exist_ok=True)
+    handler = logging.FileHandler(out / "logs" / "keras-tuner.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    train_log = logging.getLogger("qca_tf.train")
+    saved = (train_log.propagate, train_log.level)
+    train_log.addHandler(handler)
+    train_log.propagate = False
+    train_log.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        train_log.removeHandler(handler)
+        handler.close()
+        train_log.propagate, train_log.level = saved
+
+
+@contextlib.contextmanager
 def _quiet_failures():
     """keras-tuner prints the traceback of every failed trial to stderr (its ``config.DEBUG``);
     the trial lines and ``trials.csv`` give the reason, ``OUT/trials/NNNN/error.txt`` a crash's
@@ -403,7 +424,7 @@ def search_keras_tuner(cfg: st.SearchSettings, space: SearchSpace, *, echo: Call
         run.bar = tqdm(total=cfg.trials, initial=min(done, cfg.trials), desc="trials", unit="trial",
                        disable=not progress, leave=False, file=sys.stderr)
         try:
-            with _quiet_failures():
+            with _quiet_failures(), _training_log(out):
                 tuner.search()
         except _Deadline:
             log.info("--timeout reached: no more trials started")
