@@ -8,6 +8,11 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -20,6 +25,8 @@ from qca_tf.search.space import SearchSpace, preset_params
 from qca_tf.search.worker import Outcome
 from qca_tf.train import read_epochs
 import search_objectives
+
+TESTS = str(Path(__file__).parent)
 
 
 def _rows(out):
@@ -130,6 +137,32 @@ def test_a_search_that_only_fails_stops_with_one_error(tmp_path):
         run_mod.search(_kt(out, 5, objective="test_search_kt:always_fails"), echo=lambda s: None, progress=False)
     rows = _rows(out)
     assert len(rows) == 10 and {r["state"] for r in rows} == {"FAIL"}
+
+
+def test_killed_mid_trial_the_rerun_finishes_that_trial(tmp_path, monkeypatch):
+    """kill -9 during trial 1: rerunning runs trial 1 again (same parameters) and stops at 3."""
+    out = tmp_path / "s"
+    code = ("from qca_tf.search import run; from qca_tf.search.settings import SearchSettings; "
+            f"run.search(SearchSettings(network='ndn', out={str(out)!r}, data='unused', trials=3, study='ndn', "
+            "engine='keras-tuner', max_params=None, objective='search_objectives:quick', seed=3), "
+            "progress=False, outputs=False)")
+    env = {**os.environ, "QCA_TEST_HANG_TRIAL": "1",
+           "PYTHONPATH": os.pathsep.join(p for p in (TESTS, os.environ.get("PYTHONPATH", "")) if p)}
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    hanging = out / "trials" / "0001" / "hanging"
+    end = time.time() + 180
+    while not hanging.exists() and time.time() < end and proc.poll() is None:
+        time.sleep(0.2)
+    proc.kill()
+    proc.wait()
+    assert hanging.exists()
+    monkeypatch.delenv("QCA_TEST_HANG_TRIAL", raising=False)
+    killed = json.loads((out / "keras_tuner" / "ndn" / "trial_1" / "trial.json").read_text())
+    study = _search(_kt(out, 3, objective="search_objectives:quick"))
+    assert [(t.number, t.state.name) for t in study.trials] == [(0, "COMPLETE"), (1, "COMPLETE"), (2, "COMPLETE")]
+    assert len(list((out / "trials" / "0001").glob("ran-*"))) == 2  # the killed run and the rerun
+    assert study.trials[1].params == killed["hyperparameters"]["values"]
 
 
 def test_no_warm_start_and_timeout(tmp_path):
