@@ -6,6 +6,7 @@ Output folder::
     OUT/search.json        the settings (storage URL without password), versions, seeds,
                            sampler and pruner options
     OUT/study.journal      the embedded study storage (without --storage)
+    OUT/keras_tuner/STUDY/ keras-tuner's project (--engine keras-tuner, see kt_engine)
     OUT/data/              the built-in synthetic embryo (without --data)
     OUT/trials/NNNN/       per trial: model folder + epochs.csv (weights of the best --keep only)
     OUT/logs/              worker logs
@@ -116,6 +117,10 @@ def _record_settings(cfg: st.SearchSettings, space: SearchSpace, out: Path) -> N
         "space": space.to_json(),
         "host": socket.gethostname(),
     }
+    if cfg.engine == "keras-tuner":  # keras-tuner's oracle replaces the Optuna sampler and pruner
+        info["recorded"]["versions"].update(keras_tuner=version("keras-tuner"), scikit_learn=version("scikit-learn"))
+        info["recorded"].update(sampler_options={"oracle": "keras_tuner BayesianOptimizationOracle", **st.KT_OPTIONS},
+                                pruner_options={}, worker_seeds=f"oracle seed {st.kt_seed(cfg.seed)} (from --seed)")
     from qca_tf.config import write_json_atomic
 
     write_json_atomic(out / st.SETTINGS_NAME, info)
@@ -230,13 +235,19 @@ def search(cfg: st.SearchSettings, *, storage_url: str | None = None, echo: Call
     ``storage_url`` is the real URL (with password); ``cfg.storage`` its redacted form.
     """
     out = Path(cfg.out)
-    if cfg.engine == "keras-tuner":
-        raise ConfigError("--engine keras-tuner is not available in this version; use --engine optuna")
     st.check_sampler_available(cfg.sampler)
     space = SearchSpace.from_file(cfg.space_file)
     if cfg.data and not cfg.objective:
         _check_data(cfg)  # before anything is written
     writable_folder(out)
+    if cfg.engine == "keras-tuner":  # its own oracle and loop; the same space, objective and outputs
+        from .kt_engine import search_keras_tuner
+
+        if cfg.data == "":
+            cfg = dataclasses.replace(cfg, data=str(builtin_data(out, cfg.seed)))
+        return search_keras_tuner(cfg, space, echo=echo, progress=progress, outputs=outputs)
+    if (out / "keras_tuner").exists():
+        raise ConfigError(f"{out} holds an --engine keras-tuner search; use another --out for --engine optuna")
     storage = open_storage(storage_url, out)
     if cfg.data == "":
         cfg = dataclasses.replace(cfg, data=str(builtin_data(out, cfg.seed)))

@@ -27,6 +27,10 @@ SETTINGS_NAME = "search.json"
 TPE_OPTIONS = {"n_startup_trials": 10, "n_ei_candidates": 24, "multivariate": True, "group": True,
                "constant_liar": True}
 GP_OPTIONS = {"n_startup_trials": 10, "deterministic_objective": False}
+#: keras-tuner's BayesianOptimizationOracle (--engine keras-tuner), stated in full: 10
+#: random start-up trials like GP_OPTIONS (its default, 3 per parameter, would be 33),
+#: its default GP noise (alpha) and UCB exploration (beta), no retries of a failed trial.
+KT_OPTIONS = {"num_initial_points": 10, "alpha": 1e-4, "beta": 2.6, "max_retries_per_trial": 0}
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,12 @@ class SearchSettings:
             raise ConfigError(f"--max-params {self.max_params!r}: must be positive")
         if self.engine == "keras-tuner" and self.sampler != "tpe":
             raise ConfigError("--sampler applies to --engine optuna (keras-tuner runs its BayesianOptimization)")
+        if self.engine == "keras-tuner" and self.workers > 1:
+            raise ConfigError(f"--workers {self.workers}: --engine keras-tuner runs its trials one at a time in one "
+                              "process (its own distribution, with KERASTUNER_* chief/worker variables, is not "
+                              "supported); use --engine optuna for parallel workers")
+        if self.engine == "keras-tuner" and self.storage is not None:
+            raise ConfigError("--storage applies to --engine optuna (keras-tuner keeps its state in OUT/keras_tuner/)")
 
     def to_json(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self)))
@@ -97,6 +107,11 @@ class SearchSettings:
 def worker_seed(seed: int, worker: int, start_trials: int) -> int:
     """A distinct, reproducible sampler seed per worker process (same inputs, same seed)."""
     return int(np.random.SeedSequence([seed, worker, start_trials]).generate_state(1)[0])
+
+
+def kt_seed(seed: int) -> int:
+    """The keras-tuner oracle's seed for ``--seed`` (keras-tuner replaces a seed of 0 by a random one)."""
+    return worker_seed(seed, 0, 0) % (2**31 - 2) + 1
 
 
 def check_sampler_available(sampler: str) -> None:
