@@ -178,9 +178,11 @@ def worker_command(settings_path: Path, index: int, storage_url: str | None) -> 
     if storage_url:
         env[STORAGE_ENV] = storage_url
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    # -P: the current folder is not put on sys.path; run from a source checkout with a regular
-    # install, the checkout's qca_tf/ (which has no search/ inside) would shadow the installed one
-    return [sys.executable, "-P", "-m", "qca_tf.search.worker", str(settings_path), str(index)], env
+    # the current folder is taken off sys.path (what ``-P`` does on Python 3.11+): run from a source
+    # checkout with a regular install, the checkout's qca_tf/ (no search/ inside) would shadow the installed one
+    code = ("import sys; sys.path[:] = [p for p in sys.path if p not in ('', '.')]; "
+            "from qca_tf.search.worker import main; sys.exit(main(sys.argv[1:]))")
+    return [sys.executable, "-c", code, str(settings_path), str(index)], env
 
 
 def _spawn(settings_path: Path, index: int, storage_url: str | None, out: Path) -> subprocess.Popen:
