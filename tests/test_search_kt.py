@@ -148,7 +148,8 @@ def test_killed_mid_trial_the_rerun_finishes_that_trial(tmp_path, monkeypatch):
             "progress=False, outputs=False)")
     env = {**os.environ, "QCA_TEST_HANG_TRIAL": "1",
            "PYTHONPATH": os.pathsep.join(p for p in (TESTS, os.environ.get("PYTHONPATH", "")) if p)}
-    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL,
+    # cwd: not the source checkout, whose qca_tf/ would shadow a regular install's qca_tf.search
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     hanging = out / "trials" / "0001" / "hanging"
     end = time.time() + 180
