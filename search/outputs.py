@@ -74,6 +74,9 @@ def write_best(study: optuna.Study, cfg: st.SearchSettings, out: Path) -> Path |
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(src, tmp, ignore=shutil.ignore_patterns(".resume"))
     if not cfg.objective:
+        from qca_tf.runtime import init_tensorflow
+
+        init_tensorflow()  # TensorFlow's start-up messages stay off the terminal (the workers do the same)
         from qca_tf.export import export_savedmodel
 
         export_savedmodel(tmp, tmp / "savedmodel")
