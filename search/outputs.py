@@ -24,19 +24,22 @@ def trial_dir(out: Path, number: int) -> Path:
     return out / "trials" / f"{number:04d}"
 
 
-def write_trials_csv(study: optuna.Study, space: SearchSpace, path: Path) -> None:
-    """number, state, every parameter (empty when inactive), value, seconds, reason."""
-    names = [p.name for p in space.params]
-    fields = ["number", "state", *names, "value", "seconds", "reason", "retry_of", "warm_start"]
+def write_trials_csv(study: optuna.Study, path: Path, params: list[str], *, metrics: tuple[str, ...] = (),
+                     attrs: tuple[str, ...] = ("seconds", "reason", "retry_of", "warm_start")) -> None:
+    """One row per trial: number, state, ``params`` (empty when inactive), value, the
+    ``metrics`` user attributes (6 significant digits) and the ``attrs`` user attributes
+    (``reason``: the failure or prune reason)."""
+    fields = ["number", "state", *params, "value", *metrics, *attrs]
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=fields)
         w.writeheader()
         for t in study.get_trials(deepcopy=False):
             a = t.user_attrs
-            row = {"number": t.number, "state": t.state.name, "value": "" if t.value is None else f"{t.value:.6f}",
-                   "seconds": a.get("seconds", ""), "reason": a.get("fail_reason") or a.get("prune_reason") or "",
-                   "retry_of": a.get("retry_of", ""), "warm_start": a.get("warm_start", "")}
-            row.update({n: t.params.get(n, "") for n in names})
+            row = {"number": t.number, "state": t.state.name, "value": "" if t.value is None else f"{t.value:.6f}"}
+            row.update({n: t.params.get(n, "") for n in params})
+            row.update({k: "" if a.get(k) is None else f"{a[k]:.6g}" for k in metrics})
+            row.update({k: (a.get("fail_reason") or a.get("prune_reason") or "") if k == "reason" else a.get(k, "")
+                        for k in attrs})
             w.writerow(row)
 
 
@@ -119,7 +122,7 @@ def write_plots(study: optuna.Study, out: Path) -> list[Path]:
 def write_outputs(study: optuna.Study, cfg: st.SearchSettings, space: SearchSpace,
                   echo: Callable[[str], None]) -> None:
     out = Path(cfg.out)
-    write_trials_csv(study, space, out / "trials.csv")
+    write_trials_csv(study, out / "trials.csv", [p.name for p in space.params])
     best = write_best(study, cfg, out)
     write_plots(study, out)
     echo(top_table(study))

@@ -22,7 +22,6 @@ Output folder::
 from __future__ import annotations
 
 import contextlib
-import csv
 import logging
 import math
 import shutil
@@ -40,6 +39,7 @@ from qca_tf.config import MATCH_DISTANCE_UM, DataConfig, PostprocessConfig, to_d
 from qca_tf.errors import ConfigError, InputError
 
 from . import settings as st
+from .outputs import write_trials_csv
 from .storage import FINISHED, counts, open_storage, recover_dead, redact, worker_identity
 
 log = logging.getLogger(__name__)
@@ -285,21 +285,6 @@ def config_of(params: dict[str, Any]) -> PostprocessConfig:
 # ------------------------------------------------------------------ outputs
 
 
-def write_trials_csv(study: optuna.Study, path: Path) -> None:
-    """number, state, the four parameters, value (MUCov), SEG, detection F, IoU, nuclei, seconds, warm start."""
-    fields = ["number", "state", *PARAMS, "value", *METRICS[1:], "seconds", "warm_start"]
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=fields)
-        w.writeheader()
-        for t in study.get_trials(deepcopy=False):
-            a = t.user_attrs
-            row = {"number": t.number, "state": t.state.name, "value": "" if t.value is None else f"{t.value:.6f}",
-                   "seconds": a.get("seconds", ""), "warm_start": a.get("warm_start", "")}
-            row.update({k: t.params.get(k, "") for k in PARAMS})
-            row.update({k: "" if a.get(k) is None else f"{a[k]:.6g}" for k in METRICS[1:]})
-            w.writerow(row)
-
-
 def write_bundle(out: Path, source, post: PostprocessConfig, note: str) -> Path:
     """OUT/bundle/: the source bundle's networks (copied as :func:`qca_tf.bundle.make_bundle`
     copies them) with ``post``; built beside it and renamed into place."""
@@ -383,7 +368,8 @@ def search_postprocess(cfg: PostSearchSettings, *, storage_url: str | None = Non
         log.warning("no trial beat the bundle's own settings (MUCov %.4f vs %.4f); the new bundle keeps them",
                     after["mucov"], before["mucov"])
         best, after = shipped, before
-    write_trials_csv(study, out / "trials.csv")
+    write_trials_csv(study, out / "trials.csv", list(PARAMS), metrics=tuple(METRICS[1:]),
+                     attrs=("seconds", "warm_start"))
     write_json_atomic(out / "best_params.json", {
         "network": NETWORK, "trial": top.number, "metric": "mucov", "value": after["mucov"],
         "params": params_of(best), "postprocess": to_dict(best), "shipped": to_dict(shipped),
