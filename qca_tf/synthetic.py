@@ -102,13 +102,16 @@ class SynthConfig:
 class SynthTimepoint:
     """One time point: ``image`` (z, y, x) uint16 raw; ``labels`` uint16 instances 1..N
     (no polar bodies); ``nsn`` uint8 0/255 nucleus mask; ``ndn`` uint8 0/255 centre
-    spheres; ``centres_um`` (N, 3) z, y, x centres of gravity of ``labels`` in um."""
+    spheres; ``centres_um`` (N, 3) z, y, x centres of gravity of ``labels`` in um;
+    ``polar_centres_um`` (P, 3) z, y, x centres of the polar bodies in um (not nuclei: a
+    segmentation should leave them out)."""
 
     image: np.ndarray
     labels: np.ndarray
     nsn: np.ndarray
     ndn: np.ndarray
     centres_um: np.ndarray
+    polar_centres_um: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
 
 
 @dataclass
@@ -448,6 +451,7 @@ def make_series(cfg: SynthConfig) -> list[SynthTimepoint]:
             nsn=np.where(labels > 0, 255, 0).astype(np.uint8),
             ndn=np.where(ndn > 0, 255, 0).astype(np.uint8),
             centres_um=centres * scene.spacing,
+            polar_centres_um=np.array([b.centre for b in pol], np.float64).reshape(-1, 3),
         ))
     log.debug("synthetic series: %d time points, nuclei %s", len(series), [len(f[0]) for f in frames])
     return series

@@ -96,6 +96,12 @@ def test_polar_bodies_in_image_not_in_ground_truth():
     bright_with = ndimage.label((with_pb.image > nucleus_level) & outside)[1]
     bright_without = ndimage.label((without.image > nucleus_level) & outside)[1]
     assert bright_with == 2 and bright_without == 0
+    # their recorded centres sit on those bright spots, outside every nucleus
+    assert with_pb.polar_centres_um.shape == (2, 3) and without.polar_centres_um.shape == (0, 3)
+    spots, _ = ndimage.label((with_pb.image > nucleus_level) & outside)
+    spacing = np.array(SynthConfig().spacing)
+    at = [tuple(np.rint(c / spacing).astype(int)) for c in with_pb.polar_centres_um]
+    assert sorted(int(spots[i]) for i in at) == [1, 2] and all(with_pb.labels[i] == 0 for i in at)
 
 
 def test_ndn_spheres_one_per_nucleus_at_the_centroids(default_series):
