@@ -195,23 +195,37 @@ def synth(out: Path, timepoints: int, seed: int, shape, nuclei: int, touching_pa
 @click.option("--distribute", is_flag=True, help="Use all GPUs (tf.distribute.MirroredStrategy).")
 @click.option("--params", "params_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="best_params.json of `qca-tf search`: its architecture and optimiser (other flags override).")
+@click.option("--init", "init_model", type=str, default=None, metavar="MODEL",
+              help="Fine-tune: start from this model's weights (model folder, bundle or name, e.g. embryo-small); "
+                   "its architecture, grid and normalisation are kept.")
 @click.option("--overwrite", is_flag=True, help="Train again from epoch 1, replacing a finished or unfinished run in OUT.")
 def train(network: str, data_dir: Path, out_dir: Path, patch, kernel_size, voxel_size, channels, distribute: bool,
           val_data, normalization, scale_jitter, no_rot90: bool, no_intensity_augment: bool, params_file,
-          overwrite: bool, **opts) -> None:
+          init_model, overwrite: bool, **opts) -> None:
     """Train NETWORK (nsn, ndn or the 3D U-Net baseline unet3d) on a dataset.
 
     The best epoch by the validation metric (nsn, unet3d: IoU; ndn: detection
     F-measure) is saved in OUT; rerunning an interrupted command resumes it, and
-    rerunning a finished one only reports it (--overwrite trains again).
+    rerunning a finished one only reports it (--overwrite trains again). --init
+    fine-tunes a trained model (e.g. embryo-small) on your own annotated stacks.
     """
     from qca_tf.config import check_compatible, preset
 
     model_over = dict(depth=opts.pop("depth"), init_channels=opts.pop("init_channels"),
                       kernel_size=int(kernel_size) if kernel_size else None,
                       input_channels=len(channels) if channels else None)
-    model_cfg = preset(network, **model_over)
     task = "ndn" if network == "ndn" else "nsn"
+    init = None
+    if init_model is not None:
+        from qca_tf.errors import ConfigError
+        from qca_tf.finetune import check_architecture, initial_model
+
+        if params_file is not None:
+            raise ConfigError("--init and --params: give one (fine-tuning keeps the initial model's architecture)")
+        init = initial_model(init_model, task)
+        model_cfg = check_architecture(init, model_over)
+    else:
+        model_cfg = preset(network, **model_over)
     defaults = {"task": task}  # the task's optimiser (ndn: adam) comes from TrainConfig
     names = {"lr": "sgd_lr", "momentum": "sgd_momentum"}
     train_kw = {names.get(k, k): v for k, v in opts.items() if v is not None and k != "val_fraction"}
@@ -245,13 +259,17 @@ def train(network: str, data_dir: Path, out_dir: Path, patch, kernel_size, voxel
     if scale_jitter is not None:
         data_kw["scale_jitter"] = scale_jitter
     data_cfg = DataConfig(**data_kw, rot90=not no_rot90, intensity_augment=not no_intensity_augment)
+    if init is not None:
+        from qca_tf.finetune import recipe_data_config
+
+        data_cfg = recipe_data_config(init, data_cfg, set(data_kw))
     check_compatible(model_cfg, data_cfg)
 
     _tensorflow()
     from qca_tf.train import train as run_training
 
     result = run_training(data_dir, out_dir, model_cfg, train_cfg, data_cfg, distribute=distribute, val_data=val_data,
-                          overwrite=overwrite)
+                          overwrite=overwrite, init=init)
     if result.finished:
         click.echo(f"already finished: {len(result.history)} epochs in {result.folder} (--overwrite trains again)")
     click.echo(f"best {result.metric_name} {result.best_metric:.4f} at epoch {result.best_epoch}; "

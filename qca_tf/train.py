@@ -32,6 +32,7 @@ from .config import (DataConfig, ModelConfig, TrainConfig, check_compatible, fla
                      write_json_atomic)
 from .data import VolumeSpec, check_volume, training_dataset, validation_dataset
 from .errors import ConfigError, InputError, OutputError
+from .finetune import InitialModel, load_initial_weights
 from .infer import resolve_precision
 from .models import build_unet
 
@@ -308,13 +309,14 @@ class PreparedData:
 
 
 def prepare_data(data_root: str | os.PathLike, task: str, data_cfg: DataConfig, seed: int,
-                 val_data: str | os.PathLike | None = None) -> PreparedData:
+                 val_data: str | os.PathLike | None = None, spacing_um: float | None = None) -> PreparedData:
     """Collect and check the volumes of ``data_root`` for ``task`` and split them (seeded).
 
     ``val_data``: a dataset folder to validate on (all of ``data_root`` then trains);
     without it, ``data_cfg.val_fraction`` of the volumes (or, with one volume, of its
-    extent) is held out."""
-    specs, spacing_um = collect_volumes(data_root, task, data_cfg)
+    extent) is held out. ``spacing_um``: the network grid (default: the first volume's
+    xy voxel size; a fine-tuning passes its initial model's)."""
+    specs, spacing_um = collect_volumes(data_root, task, data_cfg, spacing_um)
     if val_data is not None:
         train_specs = specs
         val_specs, _ = collect_volumes(val_data, task, data_cfg, spacing_um)
@@ -352,14 +354,17 @@ def clamp_patch(prepared: PreparedData, multiple: int) -> PreparedData:
                         prepared.val_specs, prepared.spacing_um)
 
 
-def run_record(prepared: PreparedData, model_cfg: ModelConfig, train_cfg: TrainConfig) -> dict:
-    """What makes a training run the same run: its options and its volumes (``training.json``)."""
+def run_record(prepared: PreparedData, model_cfg: ModelConfig, train_cfg: TrainConfig,
+               init: InitialModel | None = None) -> dict:
+    """What makes a training run the same run: its options, its volumes and the model whose
+    weights it started from (``training.json``)."""
     def volumes(specs: list[VolumeSpec]) -> list[str]:
         return [f"{Path(s.image).resolve()} + {Path(s.target).resolve()}"
                 + (f" {s.region}" if s.region else "") for s in specs]
 
     return {"model": to_dict(model_cfg), "train": to_dict(train_cfg), "data": to_dict(prepared.data_cfg),
-            "volumes": {"train": volumes(prepared.train_specs), "validation": volumes(prepared.val_specs)}}
+            "volumes": {"train": volumes(prepared.train_specs), "validation": volumes(prepared.val_specs)},
+            "init": init.record() if init is not None else None}
 
 
 def _recorded_run(out: Path) -> dict | None:
@@ -390,6 +395,12 @@ def run_differences(recorded: dict, current: dict, ignore: tuple[str, ...] = ())
             if recorded["volumes"].get(part) != current["volumes"][part]:
                 out.append(f"{flag}: other {part} volumes ({len(recorded['volumes'].get(part) or [])} then, "
                            f"{len(current['volumes'][part])} now)")
+    old_init, new_init = recorded.get("init"), current.get("init")
+    if (old_init or {}).get("sha256") != (new_init or {}).get("sha256"):
+        def name(rec: dict | None) -> str:
+            return f"{rec['folder']} (sha256 {rec['sha256'][:12]}...)" if rec else "random weights"
+
+        out.append(f"--init: {name(old_init)} then, {name(new_init)} now")
     return out
 
 
@@ -404,8 +415,11 @@ def _clear_run(out: Path) -> None:
 
 def fit(prepared: PreparedData, out_dir: str | os.PathLike, model_cfg: ModelConfig, train_cfg: TrainConfig, *,
         callbacks: list[keras.callbacks.Callback] | tuple = (), distribute: bool = False,
-        verbose: int | None = None, overwrite: bool = False) -> TrainResult:
+        verbose: int | None = None, overwrite: bool = False, init: InitialModel | None = None) -> TrainResult:
     """Fit one configuration on prepared data; save its best epoch as a model folder in ``out_dir``.
+
+    ``init``: start from this model's weights (fine-tuning; see :mod:`qca_tf.finetune`);
+    its architecture must be ``model_cfg`` and its grid ``prepared.spacing_um``.
 
     ``callbacks`` run after the epoch callback, so ``logs[train_cfg.metric_name]`` (the
     validation metric) is in their ``on_epoch_end`` logs. An interrupted run resumes from
@@ -416,11 +430,14 @@ def fit(prepared: PreparedData, out_dir: str | os.PathLike, model_cfg: ModelConf
     if train_cfg.task != prepared.task:
         raise ConfigError(f"invalid train.task: {train_cfg.task!r} but the data were prepared for {prepared.task!r}")
     check_compatible(model_cfg, prepared.data_cfg)
+    if init is not None and (init.model_cfg != model_cfg or abs(init.spacing_um - prepared.spacing_um) > 1e-9):
+        raise ConfigError(f"{init.folder}: fine-tuning needs its architecture and {init.spacing_um} um grid "
+                          f"(got {model_cfg} on a {prepared.spacing_um} um grid)")
     policy = resolve_precision(train_cfg.precision)  # before any work: mixed_float16 needs a GPU
     out = Path(out_dir)
     writable_folder(out)
     resume_dir = out / ".resume"
-    record = run_record(prepared, model_cfg, train_cfg)
+    record = run_record(prepared, model_cfg, train_cfg, init)
     if overwrite:
         _clear_run(out)
     previous = read_epochs(out / "epochs.csv")
@@ -463,6 +480,8 @@ def fit(prepared: PreparedData, out_dir: str | os.PathLike, model_cfg: ModelConf
         verbose = keras_verbose()
     with _strategy(distribute).scope():
         model = build_compiled(model_cfg, train_cfg, policy)
+        if init is not None and not done_epochs:  # a resumed run restores its own weights
+            load_initial_weights(model, init)
     callback = EpochCallback(out=out, val_ds=val_ds, model_cfg=model_cfg, train_cfg=train_cfg,
                              data_cfg=prepared.data_cfg, spacing_um=prepared.spacing_um, rows=rows)
     backup = keras.callbacks.BackupAndRestore(str(resume_dir), save_freq="epoch", delete_checkpoint=True)
@@ -475,14 +494,18 @@ def fit(prepared: PreparedData, out_dir: str | os.PathLike, model_cfg: ModelConf
 def train(data_root: str | os.PathLike, out_dir: str | os.PathLike, model_cfg: ModelConfig,
           train_cfg: TrainConfig, data_cfg: DataConfig, *, distribute: bool = False,
           verbose: int | None = None, val_data: str | os.PathLike | None = None,
-          overwrite: bool = False) -> TrainResult:
+          overwrite: bool = False, init: InitialModel | None = None) -> TrainResult:
     """Train one network (NSN or NDN task) and save its best epoch as a model folder in ``out_dir``:
     :func:`prepare_data` (``val_data``: a folder to validate on) then :func:`fit`. An
-    interrupted run resumes when called again with the same ``out_dir``.
+    interrupted run resumes when called again with the same ``out_dir``. ``init``: start
+    from that model's weights, on its grid (``model_cfg`` and ``data_cfg`` must carry its
+    architecture and recipe: :func:`qca_tf.finetune.check_architecture`, ``recipe_data_config``).
     """
     check_compatible(model_cfg, data_cfg)
     resolve_precision(train_cfg.precision)  # before reading data: mixed_float16 needs a GPU
     writable_folder(Path(out_dir))
-    prepared = clamp_patch(prepare_data(data_root, train_cfg.task, data_cfg, train_cfg.seed, val_data),
+    spacing = init.spacing_um if init is not None else None
+    prepared = clamp_patch(prepare_data(data_root, train_cfg.task, data_cfg, train_cfg.seed, val_data, spacing),
                            model_cfg.multiple)
-    return fit(prepared, out_dir, model_cfg, train_cfg, distribute=distribute, verbose=verbose, overwrite=overwrite)
+    return fit(prepared, out_dir, model_cfg, train_cfg, distribute=distribute, verbose=verbose, overwrite=overwrite,
+               init=init)
