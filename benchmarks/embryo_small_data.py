@@ -6,13 +6,18 @@ Hold-out (decided before any training, never tuned on): the real stack is cut at
 the test, as recorded and as a simulated later stage ("late": the right part shrunk to
 0.8x in every axis (smaller nuclei), dimmer, gamma-changed, bleached, noisier, and
 attenuated with depth). Validation uses a synthetic embryo and a dimmed copy of the
-training part only. Options change the training folder only (validation and test stay
+training part only. For the fine-tuning stage of
+train_embryo_small.py: ``train_real/`` is the real training part alone,
+``val_finetune/`` its dimmed copy (the fine-tuning's best epoch) and ``val_real/`` the
+real kinds of shift (the dimmed copy and the training part as a simulated later stage,
+another noise seed), on which the networks and the NSN threshold are chosen.
+Options change the training folder only (validation and test stay
 fixed): ``--real-copies N`` samples the real part N times as often, ``--soft-edge LOW
 HIGH`` gives the synthetic training nuclei the real annotation's soft intensity edge.
 
     python benchmarks/embryo_small_data.py OUT [--real DIR] [--real-copies N] [--soft-edge LOW HIGH]
 
-writes OUT/train, OUT/val, OUT/test (images/ nsn/ ndn/ labels/ each; test has labels only
+writes OUT/train, OUT/val, OUT/train_real, OUT/val_finetune, OUT/val_real, OUT/test (images/ nsn/ ndn/ labels/ each; test has labels only
 besides images) with ImageJ voxel sizes 0.8 x 0.8 x 1.75 um.
 """
 from __future__ import annotations
@@ -124,11 +129,16 @@ def main(argv: list[str] | None = None) -> int:
     synthetic_embryos(a.out / "train", seed=2, timepoints=2, prefix="synth2", edge=edge)
     write(a.out / "val", "real_left_dim.tif", dimmed(image[left], 5), labels[left], ndn[left])
     synthetic_embryos(a.out / "val", seed=3, timepoints=1, prefix="synth3")
+    write(a.out / "train_real", "real_left.tif", image[left], labels[left], ndn[left])
+    write(a.out / "val_finetune", "real_left_dim.tif", dimmed(image[left], 5), labels[left], ndn[left])
+    write(a.out / "val_real", "real_left_dim.tif", dimmed(image[left], 5), labels[left], ndn[left])
+    left_late, left_late_lab = later_stage(image[left], labels[left], seed=8)
+    write(a.out / "val_real", "real_left_late.tif", left_late, left_late_lab, None)
     test_lab, _ = ndimage.label(labels[right] > 0)
     write(a.out / "test", "real_right.tif", image[right], test_lab, None)
     late_im, late_lab = later_stage(image[right], test_lab, seed=7)
     write(a.out / "test", "real_right_late.tif", late_im, late_lab, None)
-    for split in ("train", "val", "test"):
+    for split in ("train", "val", "train_real", "val_finetune", "val_real", "test"):
         names = sorted(p.name for p in (a.out / split / "images").glob("*.tif"))
         print(f"{split}: {', '.join(names)}")
     return 0

@@ -1,21 +1,24 @@
 """Rebuild the `embryo-small` model with the tool's own commands and score it on the
 held-out part of the real 8-cell embryo (see docs/models/embryo-small.md).
 
-    python benchmarks/train_embryo_small.py WORK [--real DIR] [--ship]
+    python benchmarks/train_embryo_small.py WORK [--real DIR] [--ship] [--reuse]
 
 Steps (each a `qca-tf` command, printed before it runs):
 1. ``benchmarks/embryo_small_data.py WORK/data`` (NSN) and ``WORK/data_ndn`` (NDN):
-   train = left part (x < 52) of the real stack + 6 synthetic embryos (builder options
-   per network: ``NSN_DATA``, ``NDN_DATA``); val = a dimmed copy
-   of the left part + 1 synthetic embryo; test = right part (5 nuclei never seen) as
-   recorded and as a simulated later stage.
-2. ``qca-tf train nsn`` and ``qca-tf train ndn`` (in parallel, one core each).
-3. Post-processing chosen on the validation folder only (NSN threshold and minimum
-   marker size, by mean IoU + MUCov of ``qca-tf predict`` + ``qca-tf evaluate``), then
-   ``qca-tf bundle`` with it, ``qca-tf predict`` on the test stacks, ``qca-tf evaluate``.
-4. ``--ship``: copy the bundle (config.json + weights) to qca_tf/pretrained/embryo-small/.
+   train = left part (x < 52) of the real stack + 6 synthetic embryos; validation = a
+   dimmed copy of the left part + 1 synthetic embryo; test = right part (5 nuclei never
+   seen) as recorded and as a simulated later stage.
+2. Stage 1: ``qca-tf train nsn`` and ``qca-tf train ndn`` on that (in parallel).
+3. Stage 2, fine-tuning: ``qca-tf train nsn|ndn --init`` the stage-1 network on the
+   real training part alone (``train_real/``, best epoch on ``val_finetune/``).
+4. Choice on ``val_real/`` only (the dimmed left part and the left part as a simulated
+   later stage; never the test): for each network stage 1 or stage 2, and the NSN
+   threshold, by mean (IoU + MUCov) / 2, the networks run once per volume.
+5. ``qca-tf bundle`` with the choice, ``qca-tf predict`` + ``qca-tf evaluate`` on the test.
+6. ``--ship``: copy the bundle (config.json + weights.h5 per network, qcanet.json) to
+   qca_tf/pretrained/embryo-small/.
 
-Prints each step's wall time and the held-out scores.
+Prints each step's wall time, the validation table and the held-out scores.
 """
 from __future__ import annotations
 
@@ -42,9 +45,10 @@ NDN_EXTRA = ["--crops-per-volume", "4"]
 #: docs/BENCHMARKS.md.
 NSN_DATA: list[str] = []
 NDN_DATA: list[str] = []
-#: Post-processing candidates, scored on the validation folder (never on the test).
-NSN_THRESHOLDS = ("0.1", "0.2", "0.3", "0.4", "0.5")
-MIN_MARKER_SIZES = ("0", "8")
+#: Stage 2: fine-tuning on the real training part (qca-tf train --init).
+FINETUNE = ["--patch", "48", "--optimizer", "adam", "--adam-alpha", "0.0005", "--epochs", "8", "--seed", "0"]
+#: NSN thresholds scored on val_real/ (never on the test).
+NSN_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5)
 
 
 def run(cmd: list[str], log: Path | None = None) -> subprocess.Popen:
@@ -57,6 +61,34 @@ def wait(*procs: subprocess.Popen) -> None:
     for p in procs:
         if p.wait() != 0:
             sys.exit(f"command failed ({' '.join(map(str, p.args[1:5]))} ...), exit {p.returncode}")
+
+
+def choose(val: Path, nsn: dict[str, Path], ndn: dict[str, Path]) -> tuple[str, str, float, dict]:
+    """(NSN stage, NDN stage, NSN threshold, scores) with the best mean (IoU + MUCov) / 2
+    on the validation folder ``val`` (images/ + labels/); the networks run once per
+    volume and stage pair (qca_tf.search.postprocess_search caches their probabilities)."""
+    from qca_tf.bundle import load_networks
+    from qca_tf.config import InferenceConfig, PostprocessConfig
+    from qca_tf.io import VoxelSize
+    from qca_tf.runtime import init_tensorflow
+    from qca_tf.search.postprocess_search import cache_probabilities, read_ground_truth, score
+
+    init_tensorflow()
+    truths = read_ground_truth(val, VoxelSize.from_xyz([float(v) for v in VOXEL[1:]]))
+    infer = InferenceConfig()
+    table = {}
+    for a in nsn:
+        for b in ndn:
+            nets = load_networks(nsn=nsn[a], ndn=ndn[b], infer_cfg=infer)
+            volumes = cache_probabilities(nets, truths, infer, progress=False)
+            for thr in NSN_THRESHOLDS:
+                s = score(PostprocessConfig(nsn_threshold=thr), volumes, nets.spacing_um)
+                table[(a, b, thr)] = s
+                print(f"val_real: NSN {a}, NDN {b}, threshold {thr}: (IoU + MUCov) / 2 = "
+                      f"{(s['iou'] + s['mucov']) / 2:.4f} (IoU {s['iou']:.3f}, MUCov {s['mucov']:.3f}, "
+                      f"nuclei {s['nuclei']:.1f})", flush=True)
+    best = max(table, key=lambda k: (table[k]["iou"] + table[k]["mucov"]) / 2)
+    return (*best, table[best])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,24 +120,27 @@ def main(argv: list[str] | None = None) -> int:
         times["train (NSN and NDN in parallel)"] = time.perf_counter() - t
 
     t = time.perf_counter()
+    stage2 = {"nsn": ["--loss", "ce+dice"], "ndn": []}
+    if not (a.reuse and all((w / f"{n}_ft" / "config.json").exists() and not (w / f"{n}_ft" / ".resume").exists()
+                            for n in stage2)):
+        procs = [run([*QCA, "train", n, "--data", data / "train_real", "--val-data", data / "val_finetune",
+                      "--init", w / n, *FINETUNE, *extra, "--out", w / f"{n}_ft"], w / f"train_{n}_ft.log")
+                 for n, extra in stage2.items()]
+        wait(*procs)
+        times["fine-tune (NSN and NDN in parallel)"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    nsn_stage, ndn_stage, thr, best = choose(data / "val_real", {"stage 1": w / "nsn", "stage 2": w / "nsn_ft"},
+                                             {"stage 1": w / "ndn", "stage 2": w / "ndn_ft"})
+    print(f"chosen on val_real: NSN {nsn_stage}, NDN {ndn_stage}, --nsn-threshold {thr} "
+          f"((IoU + MUCov) / 2 = {(best['iou'] + best['mucov']) / 2:.4f})")
+    folder = {"stage 1": "", "stage 2": "_ft"}
     bundle = w / "embryo-small"
-    wait(run([*QCA, "bundle", "--nsn", w / "nsn", "--ndn", w / "ndn", "--out", bundle]))
-    choice = {}
-    for thr in NSN_THRESHOLDS:
-        for mms in MIN_MARKER_SIZES:
-            pred = w / "val_pred" / f"t{thr}_m{mms}"
-            wait(run([*QCA, "-q", "predict", data / "val" / "images", "--model", bundle, *VOXEL, "--nsn-threshold",
-                      thr, "--min-marker-size", mms, "--out", pred, "--overwrite", "--no-quicklook"]))
-            wait(run([*QCA, "-q", "evaluate", "--pred", pred / "labels", "--gt", data / "val" / "labels", *VOXEL,
-                      "--json", pred / "eval.json"]))
-            mean = json.loads((pred / "eval.json").read_text())  # top-level values: means over volumes
-            choice[(thr, mms)] = (mean["iou"] + mean["mucov"]) / 2
-            print(f"val: nsn threshold {thr}, min marker size {mms}: (IoU + MUCov) / 2 = {choice[(thr, mms)]:.4f}")
-    thr, mms = max(choice, key=choice.get)
-    print(f"chosen on validation: --nsn-threshold {thr} --min-marker-size {mms}")
-    shutil.rmtree(bundle)
-    wait(run([*QCA, "bundle", "--nsn", w / "nsn", "--ndn", w / "ndn", "--out", bundle, "--nsn-threshold", thr,
-              "--min-marker-size", mms]))
+    shutil.rmtree(bundle, ignore_errors=True)
+    wait(run([*QCA, "bundle", "--nsn", w / f"nsn{folder[nsn_stage]}", "--ndn", w / f"ndn{folder[ndn_stage]}",
+              "--out", bundle, "--nsn-threshold", str(thr), *VOXEL, "--description",
+              "QCANet 8-cell mouse embryo (left part) + synthetic embryos, NSN fine-tuned on the real part; "
+              "see docs/models/embryo-small.md"]))
     scores = {}
     for name in ("real_right", "real_right_late"):
         pred = w / "pred" / name
@@ -127,12 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         dest = ROOT / "qca_tf" / "pretrained" / "embryo-small"
         if dest.exists():
             shutil.rmtree(dest)
-        shutil.copytree(bundle, dest, ignore=shutil.ignore_patterns(".resume", "epochs.csv"))
-        from qca_tf.modelio import KERAS_NAME, load_model_folder
-
-        for net in ("nsn", "ndn"):  # weights only: drop the optimizer state (3x smaller)
-            model = load_model_folder(dest / net).model
-            model.save(dest / net / KERAS_NAME)
+        # `qca-tf bundle` wrote weights-only model folders; training logs stay in WORK
+        shutil.copytree(bundle, dest, ignore=shutil.ignore_patterns(".resume", "epochs.csv", "training.json"))
         print(f"shipped {dest}")
     return 0
 
