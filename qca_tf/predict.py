@@ -43,7 +43,7 @@ import numpy as np
 from . import __version__, criteria, io, plots, postprocess, preprocess, resume
 from .bundle import Networks, load_networks  # noqa: F401  (load_networks: the loader of a predict job)
 from .config import InferenceConfig, PostprocessConfig, to_dict, write_json_atomic
-from .errors import InputError, ModelError, OutputError
+from .errors import ConfigError, InputError, ModelError, OutputError
 from .preprocess import GridRecipe
 
 log = logging.getLogger(__name__)
@@ -246,16 +246,20 @@ def preflight(inputs: list[str | os.PathLike], out_dir: str | os.PathLike, *, mo
     from .errors import QcaError
     from .modelio import read_model_config
 
-    spacing, chosen, default = None, tuple(channels) or None, None
+    spacing, chosen, default, takes = None, tuple(channels) or None, None, None
     if model_folder is not None:
         try:
             info, model_cfg = read_model_config(model_folder)
             spacing = float(info["spacing_um"])
+            takes = model_cfg.input_channels
             if chosen is None and model_cfg.input_channels > 1:
                 chosen = tuple((info.get("data") or {}).get("channels") or ()) or None
             default = recorded_channel(info, model_cfg)
         except (QcaError, KeyError, TypeError, ValueError):
             pass  # the model loader reports what is wrong with the model
+    if takes is not None and channels and len(channels) != takes:
+        raise ConfigError(f"--channel {' '.join(map(str, channels))}: {len(channels)} channel(s) chosen, but the "
+                          f"model {model_folder} takes {takes}")
     tps = discover(inputs, chosen, default)
     _check_output(Path(out_dir))
     free = available_memory()

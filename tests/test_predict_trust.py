@@ -207,11 +207,11 @@ def _without_tensorflow(args: list[str]) -> tuple[int, str, bool]:
     return eval(done.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("kind", ["missing voxel size", "2D", "not a tiff", "unwritable output"])
+@pytest.mark.parametrize("kind", ["missing voxel size", "2D", "not a tiff", "unwritable output", "channel count"])
 def test_bad_input_fails_before_tensorflow_loads(kind, trained_bundle, synth_dataset, tmp_path):
     bundle, _ = trained_bundle
     root, _ = synth_dataset
-    path, out = tmp_path / "x.tif", tmp_path / "out"
+    path, out, extra = tmp_path / "x.tif", tmp_path / "out", []
     if kind == "missing voxel size":
         tifffile.imwrite(path, np.ones((8, 32, 32), np.uint16))
         expect = "--voxel-size"
@@ -221,11 +221,16 @@ def test_bad_input_fails_before_tensorflow_loads(kind, trained_bundle, synth_dat
     elif kind == "not a tiff":
         path.write_text("hello")
         expect = "not a readable TIFF"
+    elif kind == "channel count":  # two channels chosen for a one-channel model
+        tifffile.imwrite(path, np.ones((8, 2, 32, 32), np.uint16), imagej=True, resolution=(1 / 0.8, 1 / 0.8),
+                         metadata={"axes": "ZCYX", "spacing": 1.75, "unit": "um"})
+        extra, expect = ["--channel", "0", "--channel", "1"], "--channel 0 1: 2 channel(s) chosen, but the model"
     else:
         path = root / "images" / "t0000.tif"
         (tmp_path / "file").write_text("a file")
         out, expect = tmp_path / "file" / "out", "file"
-    code, output, tf_loaded = _without_tensorflow(["predict", str(path), "--model", str(bundle), "--out", str(out)])
+    code, output, tf_loaded = _without_tensorflow(["predict", str(path), "--model", str(bundle), "--out", str(out),
+                                                   *extra])
     assert code == 1 and output.startswith("Error: ") and expect in output and len(output.strip().splitlines()) == 1
     assert not tf_loaded
 
