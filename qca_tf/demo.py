@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +47,8 @@ class DemoResult:
     prediction: Path
     bundle: Path
     counts: list[tuple[str, int, int]]
+    #: wall seconds per stage: data, nsn training, ndn training, prediction, evaluation
+    seconds: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def demo_train_configs(epochs: int, seed: int) -> tuple[TrainConfig, TrainConfig, DataConfig]:
@@ -66,6 +69,13 @@ def run_demo(out: str | os.PathLike, *, seed: int = 0, timepoints: int = 6, epoc
     from .train import train
 
     out = Path(out)
+    seconds: dict[str, float] = {}
+    clock = [time.perf_counter()]
+
+    def lap(stage: str) -> None:
+        now = time.perf_counter()
+        seconds[stage], clock[0] = now - clock[0], now
+
     voxel = VoxelSize(0.8, 0.8, 1.75)
     base = synthetic.SynthConfig(shape=(20, 80, 80), voxel_size=(voxel.x, voxel.y, voxel.z), n_nuclei=6,
                                  radius_um=(4.0, 5.5), touching_pairs=2, polar_bodies=1, division_interval=2)
@@ -77,6 +87,7 @@ def run_demo(out: str | os.PathLike, *, seed: int = 0, timepoints: int = 6, epoc
     synthetic.write_dataset(out / "data" / "train", train_series, voxel)
     test_names = [Path(n).stem for n in synthetic.write_dataset(out / "data" / "test", test_series, voxel)]
 
+    lap("data")
     nsn_cfg, ndn_cfg, data_cfg = demo_train_configs(epochs, seed)
     from .runtime import keras_verbose, progress_enabled
 
@@ -86,22 +97,27 @@ def run_demo(out: str | os.PathLike, *, seed: int = 0, timepoints: int = 6, epoc
     log.info("training NSN")
     # a rerun of the demo trains afresh (its data are made again; --epochs may differ)
     train(out / "data" / "train", bundle / "nsn", DEMO_NSN, nsn_cfg, data_cfg, verbose=verbose, overwrite=True)
+    lap("nsn training")
     log.info("training NDN")
     train(out / "data" / "train", bundle / "ndn", DEMO_NDN, ndn_cfg, data_cfg, verbose=verbose, overwrite=True)
     save_bundle(bundle, PostprocessConfig(), description="qca-tf demo: synthetic embryos (seed "
                 f"{seed}), {DEMO_NSN.depth}-level networks with {DEMO_NSN.init_channels} channels",
                 voxel_size_um=(voxel.x, voxel.y, voxel.z))
+    lap("ndn training")
 
     infer_cfg = InferenceConfig()
     nets = load_networks(bundle=bundle, infer_cfg=infer_cfg)
     prediction = out / "prediction"
     predict_series([out / "data" / "test" / "images"], prediction, nets, infer_cfg,
                    PredictOptions(overwrite=True, progress=progress))
+    lap("prediction")
     evaluation = evaluate_series(prediction / "labels", out / "data" / "test" / "labels")
     evaluation.write_json(out / "evaluation.json")
     counts = [(name, _count(prediction / "labels" / f"{name}.tif"), int(np.count_nonzero(np.unique(tp.labels))))
               for name, tp in zip(test_names, test_series)]
-    return DemoResult(out=out, summary=evaluation.summary, prediction=prediction, bundle=bundle, counts=counts)
+    lap("evaluation")
+    return DemoResult(out=out, summary=evaluation.summary, prediction=prediction, bundle=bundle, counts=counts,
+                      seconds=seconds)
 
 
 def _count(path: Path) -> int:
