@@ -186,11 +186,6 @@ def validation_score(model: keras.Model, val_ds: tf.data.Dataset, task: str, spa
     return float(np.mean(scores))
 
 
-def last_best(scores: list[float]) -> int:
-    """Index of the best score, the last one on a tie (the epoch the model folder holds)."""
-    return len(scores) - 1 - int(np.argmax(scores[::-1]))
-
-
 def _decayed_lr(rows: list[dict], base_lr: float, decay: float, patience: int) -> float:
     """Replay the schedule over logged epochs: the lr for the next epoch."""
     return scheduled_lrs([float(r["metric"]) for r in rows], base_lr, decay, patience)[-1]
@@ -227,7 +222,7 @@ class EpochCallback(keras.callbacks.Callback):
         self.metric_name = train_cfg.metric_name
         done = [float(r["metric"]) for r in rows]
         self.best = max(done) if done else -math.inf
-        self.best_epoch = int(rows[last_best(done)]["epoch"]) if done else 0
+        self.best_epoch = int(rows[int(np.argmax(done))]["epoch"]) if done else 0
         self.base_lr = train_cfg.sgd_lr if train_cfg.optimizer == "sgd" else train_cfg.adam_alpha
 
     def on_train_begin(self, logs=None):
@@ -240,9 +235,7 @@ class EpochCallback(keras.callbacks.Callback):
         score = validation_score(self.model, self.val_ds, self.train_cfg.task, self.spacing_um)
         logs[self.metric_name] = score
         lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-        # a tie keeps the later epoch: a saturated score (an F of 1 on a few validation nuclei)
-        # would otherwise keep the first, least trained epoch that reached it
-        improved = score >= self.best
+        improved = score > self.best
         if improved:
             self.best, self.best_epoch = score, epoch + 1
             modelio.save_model_folder(
@@ -441,7 +434,7 @@ def fit(prepared: PreparedData, out_dir: str | os.PathLike, model_cfg: ModelConf
                               "rerun with the same options, or give --overwrite or another --out to start again")
         if not unfinished and len(previous) >= train_cfg.epochs:
             done = [float(r["metric"]) for r in previous]
-            best = last_best(done)
+            best = int(np.argmax(done))
             log.info("training in %s is already finished (%d epochs); the model is in %s; "
                      "--overwrite trains again", out, len(previous), out)
             return TrainResult(folder=out, metric_name=train_cfg.metric_name, best_epoch=int(previous[best]["epoch"]),
