@@ -56,9 +56,8 @@ class DemoResult:
 #: At the same cost, 36 crops of 24x32x32 per epoch learnt better than 27 or 18 crops of
 #: 32x32x32 (counts wrong at 1 or 2 of 6 time points, seed 0).
 DEMO_PATCH = (24, 32, 32)
-#: Training epochs per network (36 crops each). 8 epochs (about a third less time) were
-#: not robust: a count wrong at 1 or 2 of 6 time points for seed 2 or, keeping the last of
-#: tied best epochs, seed 0 (benchmarks/README.md).
+#: Training epochs per network (36 crops each). Seed 0 counts right; seed 2 misses one
+#: nucleus at one of 6 time points, with 8 epochs too (benchmarks/README.md).
 DEMO_EPOCHS = 12
 
 
