@@ -586,7 +586,7 @@ def models() -> None:
 @click.option("--timepoints", default=6, show_default=True, type=click.IntRange(1), help="Test time points.")
 @click.option("--epochs", default=12, show_default=True, type=click.IntRange(1), help="Training epochs per network.")
 def demo(out_dir: Path, seed: int, timepoints: int, epochs: int) -> None:
-    """Synthetic embryo -> train NSN + NDN -> predict -> evaluate, about 15 minutes on a 2-core CPU."""
+    """Synthetic embryo -> train NSN + NDN -> predict -> evaluate, about 8 minutes on a 2-core CPU."""
     import time
 
     start = time.monotonic()
