@@ -43,7 +43,7 @@ import numpy as np
 from . import __version__, criteria, io, plots, postprocess, preprocess, resume
 from .bundle import Networks, load_networks  # noqa: F401  (load_networks: the loader of a predict job)
 from .config import InferenceConfig, PostprocessConfig, to_dict, write_json_atomic
-from .errors import ConfigError, InputError, ModelError, OutputError
+from .errors import InputError, ModelError, OutputError
 from .preprocess import GridRecipe
 
 log = logging.getLogger(__name__)
@@ -258,8 +258,8 @@ def preflight(inputs: list[str | os.PathLike], out_dir: str | os.PathLike, *, mo
         except (QcaError, KeyError, TypeError, ValueError):
             pass  # the model loader reports what is wrong with the model
     if takes is not None and channels and len(channels) != takes:
-        raise ConfigError(f"--channel {' '.join(map(str, channels))}: {len(channels)} channel(s) chosen, but the "
-                          f"model {model_folder} takes {takes}")
+        raise InputError(f"--channel: the model takes {takes} channel(s); got {len(channels)} "
+                         f"({', '.join(map(str, channels))})")  # the words of choose_channels, before TensorFlow
     tps = discover(inputs, chosen, default)
     _check_output(Path(out_dir))
     free = available_memory()

@@ -224,7 +224,7 @@ def test_bad_input_fails_before_tensorflow_loads(kind, trained_bundle, synth_dat
     elif kind == "channel count":  # two channels chosen for a one-channel model
         tifffile.imwrite(path, np.ones((8, 2, 32, 32), np.uint16), imagej=True, resolution=(1 / 0.8, 1 / 0.8),
                          metadata={"axes": "ZCYX", "spacing": 1.75, "unit": "um"})
-        extra, expect = ["--channel", "0", "--channel", "1"], "--channel 0 1: 2 channel(s) chosen, but the model"
+        extra, expect = ["--channel", "0", "--channel", "1"], "--channel: the model takes 1 channel(s); got 2 (0, 1)"
     else:
         path = root / "images" / "t0000.tif"
         (tmp_path / "file").write_text("a file")
