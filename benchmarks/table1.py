@@ -188,8 +188,9 @@ def main(argv: list[str] | None = None) -> int:
         for method, s in real.items():
             lines.append(f"| {method} | {fmt(s, 'iou')} | {fmt(s, 'mucov')} | {fmt(s, 'seg')} |")
     arch = "; ".join(f"{n}: depth {m.depth}, {m.init_channels} channels, kernel {m.kernel_size}" for n, m in ARCH.items())
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?") \
-        if os.path.exists("/proc/cpuinfo") else "?"
+    from bench_demo import cpu_name  # benchmarks/ is on sys.path when this script runs
+
+    cpu = cpu_name()
     lines += ["", f"Test: {len(names)} time points of a synthetic embryo (seed {a.seed + 1000}), nuclei "
               f"{[int(np.count_nonzero(np.unique(tp.labels))) for tp in test_series]}; training: "
               f"{epochs} epochs, crops {DATA.patch}, architectures reduced for the CPU: {arch}.",

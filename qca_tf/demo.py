@@ -81,11 +81,12 @@ def run_demo(out: str | os.PathLike, *, seed: int = 0, timepoints: int = 6, epoc
 
     out = Path(out)
     seconds: dict[str, float] = {}
-    clock = [time.perf_counter()]
+    clock = time.perf_counter()
 
     def lap(stage: str) -> None:
+        nonlocal clock
         now = time.perf_counter()
-        seconds[stage], clock[0] = now - clock[0], now
+        seconds[stage], clock = now - clock, now
 
     voxel = VoxelSize(0.8, 0.8, 1.75)
     base = synthetic.SynthConfig(shape=(20, 80, 80), voxel_size=(voxel.x, voxel.y, voxel.z), n_nuclei=6,

@@ -43,13 +43,15 @@ class InitialModel:
     ``folder``: the model folder (config.json + weights); ``task``: nsn or ndn;
     ``spacing_um``: its isotropic grid spacing; ``data_cfg``: the recipe it recorded
     (None for old folders: the reference recipe, linear resampling and min-max);
-    ``sha256``: hash of its config and weights (recorded with the new run)."""
+    ``weights``: its network file (weights.h5 or a format-1 model.keras); ``sha256``: hash
+    of its config and weights (recorded with the new run)."""
 
     folder: Path
     task: str
     model_cfg: ModelConfig
     spacing_um: float
     data_cfg: DataConfig | None
+    weights: Path
     sha256: str
 
     def record(self) -> dict[str, Any]:
@@ -61,7 +63,7 @@ def initial_model(source: str | os.PathLike, task: str) -> InitialModel:
     """The ``task`` network of ``source``: a model folder, a bundle folder (its nsn/ or
     ndn/) or a registered model name. ModelError when it is none of these, is another
     task's network, or is a SavedModel export (which holds no trainable weights)."""
-    from .bundle import BUNDLE_FILE
+    from .bundle import BUNDLE_FILE, read_bundle
     from .modelio import CONFIG_NAME, SAVEDMODEL_NAME, read_data_config, read_model_config, weights_file
     from .registry import resolve
     from .resume import model_hash
@@ -70,7 +72,7 @@ def initial_model(source: str | os.PathLike, task: str) -> InitialModel:
     if not (path / CONFIG_NAME).is_file():
         path = resolve(source)
         if (path / BUNDLE_FILE).is_file():
-            path = path / task
+            path = getattr(read_bundle(path), task)  # the bundle's nsn/ or ndn/
         elif not (path / CONFIG_NAME).is_file():
             raise ModelError(f"{source}: neither a model folder (config.json) nor a bundle ({BUNDLE_FILE})")
     info, model_cfg = read_model_config(path)
@@ -81,7 +83,8 @@ def initial_model(source: str | os.PathLike, task: str) -> InitialModel:
         raise ModelError(f"{path}: no weights in the model folder")
     if weights.name == SAVEDMODEL_NAME:
         raise ModelError(f"{path}: a SavedModel export cannot be fine-tuned; give the model folder it was exported from")
-    return InitialModel(path, task, model_cfg, float(info["spacing_um"]), read_data_config(info), model_hash(path))
+    return InitialModel(path, task, model_cfg, float(info["spacing_um"]), read_data_config(info), weights,
+                        model_hash(path))
 
 
 def check_architecture(init: InitialModel, given: dict[str, Any]) -> ModelConfig:
@@ -111,13 +114,9 @@ def recipe_data_config(init: InitialModel, data_cfg: DataConfig, given: set[str]
 
 
 def load_initial_weights(model: Any, init: InitialModel) -> None:
-    """Copy the initial model's weights (batch-norm statistics included) into ``model``,
-    a freshly built network of the same architecture."""
-    from .modelio import load_model_folder
+    """Load the initial model's weights (batch-norm statistics included) into ``model``, a
+    freshly built network of the same architecture (a mismatch is a ModelError naming it)."""
+    from .modelio import load_weights_into
 
-    source = load_model_folder(init.folder).model
-    try:
-        model.set_weights(source.get_weights())
-    except ValueError as exc:  # guarded by check_architecture; a clear line if it still happens
-        raise ModelError(f"{init.folder}: its weights do not fit the network being trained ({exc})") from None
+    load_weights_into(model, init.folder, init.weights)
     log.info("starting from the weights of %s (sha256 %s...)", init.folder, init.sha256[:12])

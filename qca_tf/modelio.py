@@ -331,14 +331,20 @@ def load_model_folder(folder: str | os.PathLike, *, dtype_policy: str | None = N
         model: Any = SavedModelWrapper(folder)
     else:
         model = build_unet(model_cfg, dtype_policy=dtype_policy, kernel_initializer="zeros")  # weights follow
-        if source.name == WEIGHTS_NAME:
-            read_weights(source, model, folder)
-        else:
-            log.debug("%s: format-1 model folder (model.keras); `qca-tf bundle` or saving it again writes the "
-                      "weights-only format, which loads faster", folder)
-            _read_keras_archive(source, model, folder)
+        load_weights_into(model, folder, source)
     return LoadedModel(model, model_cfg, info["task"], float(info["spacing_um"]), folder, info,
                        data_cfg=data_cfg, precision=precision)
+
+
+def load_weights_into(model: Any, folder: Path, source: Path) -> None:
+    """Assign the variables of ``model`` (a network of ``folder``'s architecture) from its
+    network file ``source``: ``weights.h5``, or a format-1 ``model.keras``."""
+    if source.name == WEIGHTS_NAME:
+        read_weights(source, model, folder)
+    else:
+        log.debug("%s: format-1 model folder (model.keras); `qca-tf bundle` or saving it again writes the "
+                  "weights-only format, which loads faster", folder)
+        _read_keras_archive(source, model, folder)
 
 
 def copy_model_folder(src: str | os.PathLike, dst: str | os.PathLike) -> None:

@@ -181,10 +181,16 @@ def choose_channels(nets: Networks, requested: tuple[int, ...] = ()) -> tuple[in
         if not requested:
             raise ModelError(f"{nets.nsn.folder}: model takes {want} channels but records no file channels; "
                              f"give them with --channel ({want} times)")
-    if requested and len(requested) != want:
-        raise InputError(f"--channel: the model takes {want} channel(s); got {len(requested)} "
-                         f"({', '.join(map(str, requested))})")
+    check_channel_count(want, requested)
     return tuple(requested) or None
+
+
+def check_channel_count(takes: int, requested: tuple[int, ...] | None) -> None:
+    """InputError when ``--channel`` gave (``requested``) another number of channels than the
+    model's ``takes`` inputs; nothing when none were given."""
+    if requested and len(requested) != takes:
+        raise InputError(f"--channel: the model takes {takes} channel(s); got {len(requested)} "
+                         f"({', '.join(map(str, requested))})")
 
 
 def recorded_channel(info: dict, model_cfg) -> tuple[int, ...] | None:
@@ -257,9 +263,8 @@ def preflight(inputs: list[str | os.PathLike], out_dir: str | os.PathLike, *, mo
             default = recorded_channel(info, model_cfg)
         except (QcaError, KeyError, TypeError, ValueError):
             pass  # the model loader reports what is wrong with the model
-    if takes is not None and channels and len(channels) != takes:
-        raise InputError(f"--channel: the model takes {takes} channel(s); got {len(channels)} "
-                         f"({', '.join(map(str, channels))})")  # the words of choose_channels, before TensorFlow
+    if takes is not None:  # the check choose_channels makes after loading, here before TensorFlow
+        check_channel_count(takes, tuple(channels))
     tps = discover(inputs, chosen, default)
     _check_output(Path(out_dir))
     free = available_memory()
