@@ -403,6 +403,9 @@ def _parse_shard(value: str | None) -> tuple[int, int]:
 @click.option("--ndn-threshold", type=float, default=None, help=f"NDN probability threshold [{_P.ndn_threshold}].")
 @click.option("--min-marker-size", type=click.IntRange(0), default=None,
               help=f"Drop NDN components smaller than this many voxels (network grid) [{_P.min_marker_size}].")
+@click.option("--marker-gap", type=click.FloatRange(0), default=None, metavar="UM",
+              help=f"Join NDN components separated by at most this gap in µm (fragments of one centre); 0 keeps "
+                   f"them apart [{_P.marker_gap_um:g}].")
 @click.option("--min-volume", type=click.FloatRange(0), default=None, metavar="UM3",
               help=f"Drop instances smaller than this volume in µm³ (fragments, not nuclei); 0 keeps all "
                    f"[{_P.min_volume_um3:g}].")
@@ -424,8 +427,8 @@ def _parse_shard(value: str | None) -> tuple[int, int]:
 @click.option("--shard", default=None, metavar="I/N", help="Process every N-th time point starting at I (job arrays).")
 @click.option("--sequential", is_flag=True, help="Do not overlap reading/watershed with the networks.")
 def predict(inputs, out_dir: Path, bundle, nsn, ndn, voxel_size, channels, nsn_threshold, ndn_threshold, min_marker_size,
-            min_volume, precision, tile, max_memory, batch_size, jit, engine, save_masks, no_quicklook, overwrite, shard,
-            sequential) -> None:
+            marker_gap, min_volume, precision, tile, max_memory, batch_size, jit, engine, save_masks, no_quicklook,
+            overwrite, shard, sequential) -> None:
     """Segment INPUTS (3D TIFFs, 4D t-z-y-x TIFFs or folders) into instance labels and criteria.
 
     Writes OUT/labels/, OUT/criteria.csv (per time point), OUT/nuclei.csv (per
@@ -458,7 +461,8 @@ def predict(inputs, out_dir: Path, bundle, nsn, ndn, voxel_size, channels, nsn_t
     log.debug("engine %s, precision %s", infer_cfg.engine, infer_cfg.precision)
     nets = load_networks(nsn=nsn, ndn=ndn, bundle=bundle, infer_cfg=infer_cfg)
     overrides = {k: v for k, v in {"nsn_threshold": nsn_threshold, "ndn_threshold": ndn_threshold,
-                                   "min_marker_size": min_marker_size, "min_volume_um3": min_volume}.items()
+                                   "min_marker_size": min_marker_size, "marker_gap_um": marker_gap,
+                                   "min_volume_um3": min_volume}.items()
                  if v is not None}
     if overrides:
         nets.postprocess = dataclasses.replace(nets.postprocess, **overrides)
@@ -542,13 +546,15 @@ def export(model_dir: Path, out_dir: Path, overwrite: bool) -> None:
 @click.option("--nsn-threshold", type=float, default=_P.nsn_threshold, show_default=True)
 @click.option("--ndn-threshold", type=float, default=_P.ndn_threshold, show_default=True)
 @click.option("--min-marker-size", type=click.IntRange(0), default=_P.min_marker_size, show_default=True)
+@click.option("--marker-gap", type=click.FloatRange(0), default=_P.marker_gap_um, show_default=True, metavar="UM",
+              help="Join NDN components separated by at most this gap in µm; 0 keeps them apart.")
 @click.option("--min-volume", type=click.FloatRange(0), default=_P.min_volume_um3, show_default=True, metavar="UM3",
               help="Drop instances smaller than this volume in µm³.")
 @click.option("--description", default="", help="What data the networks learnt from (shown by `qca-tf models`).")
 @click.option("--voxel-size", nargs=3, type=float, default=None, metavar="X Y Z",
               help="Voxel size (um, x y z) of the training images (shown by `qca-tf models`).")
-def bundle(nsn: Path, ndn: Path, out_dir: Path, nsn_threshold, ndn_threshold, min_marker_size, min_volume, description,
-           voxel_size) -> None:
+def bundle(nsn: Path, ndn: Path, out_dir: Path, nsn_threshold, ndn_threshold, min_marker_size, marker_gap, min_volume,
+           description, voxel_size) -> None:
     """Combine an NSN and an NDN model folder and post-processing parameters into one
     QCANet bundle for `qca-tf predict --model` (weights only: no optimiser state)."""
     from qca_tf.config import PostprocessConfig
@@ -557,7 +563,7 @@ def bundle(nsn: Path, ndn: Path, out_dir: Path, nsn_threshold, ndn_threshold, mi
     from qca_tf.bundle import make_bundle
 
     post = PostprocessConfig(nsn_threshold=nsn_threshold, ndn_threshold=ndn_threshold,
-                             min_marker_size=min_marker_size, min_volume_um3=min_volume)
+                             min_marker_size=min_marker_size, min_volume_um3=min_volume, marker_gap_um=marker_gap)
     make_bundle(out_dir, nsn, ndn, post, description=description,
                 voxel_size_um=tuple(voxel_size) if voxel_size else None)
     click.echo(f"bundle written to {out_dir}")

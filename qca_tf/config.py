@@ -47,7 +47,8 @@ _check = check  # the short name the validators below use
 CONFIG_FLAGS = {"train.sgd_lr": "--lr", "train.sgd_momentum": "--momentum", "train.task": "NETWORK",
                 "model.name": "NETWORK", "model.input_channels": "--channel", "data.channels": "--channel",
                 "data.rot90": "--no-rot90", "data.intensity_augment": "--no-intensity-augment",
-                "postprocess.min_volume_um3": "--min-volume", "inference.max_memory_gb": "--max-memory"}
+                "postprocess.min_volume_um3": "--min-volume",
+                "postprocess.marker_gap_um": "--marker-gap", "inference.max_memory_gb": "--max-memory"}
 
 
 def flag_for(section: str, key: str) -> str:
@@ -240,8 +241,13 @@ def check_compatible(model_cfg: ModelConfig, data_cfg: DataConfig) -> None:
 
 @dataclass(frozen=True)
 class PostprocessConfig:
-    """Watershed parameters (reference defaults). ``min_marker_size`` is in voxels of
-    the network grid; NDN components smaller than it are dropped. ``min_volume_um3``:
+    """Watershed parameters (reference defaults, plus ``marker_gap_um``). NDN components
+    separated by at most ``marker_gap_um`` (um of background between them) are one marker:
+    the fragments a threshold cuts from one nuclear centre (1.6 um = 2 voxels of the 0.8 um
+    grid; centres of touching nuclei 3 um or more in radius, drawn as the NDN's 4 um
+    spheres, are at least 2 um apart); 0 keeps every component apart (the reference).
+    ``min_marker_size`` is in voxels of the network grid; markers smaller than it are
+    dropped. ``min_volume_um3``:
     instances smaller than this (um^3, after the watershed) are fragments, not nuclei,
     and are dropped (20 um^3 is a sphere of 3.4 um diameter; the smallest mouse
     embryo nuclei, late blastocyst, are about 100 um^3); 0 keeps everything."""
@@ -250,6 +256,7 @@ class PostprocessConfig:
     ndn_threshold: float = 0.5
     min_marker_size: int = 0
     min_volume_um3: float = 20.0
+    marker_gap_um: float = 1.6
 
     def __post_init__(self) -> None:
         s = "postprocess"
@@ -260,6 +267,9 @@ class PostprocessConfig:
         _check(isinstance(self.min_volume_um3, (int, float)) and not isinstance(self.min_volume_um3, bool)
                and math.isfinite(self.min_volume_um3)
                and self.min_volume_um3 >= 0, s, "min_volume_um3", f"{self.min_volume_um3!r} must be a number >= 0")
+        _check(isinstance(self.marker_gap_um, (int, float)) and not isinstance(self.marker_gap_um, bool)
+               and math.isfinite(self.marker_gap_um)
+               and self.marker_gap_um >= 0, s, "marker_gap_um", f"{self.marker_gap_um!r} must be a number >= 0")
 
 
 @dataclass(frozen=True)

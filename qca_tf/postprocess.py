@@ -43,13 +43,33 @@ def relabel_consecutive(labels: np.ndarray) -> np.ndarray:
     return relabelled.astype(np.int32, copy=False)
 
 
-def markers_from_ndn(ndn_mask: np.ndarray, min_size: int = 0) -> np.ndarray:
-    """Markers from the NDN centre mask (z, y, x): 6-connected components, those with
+def markers_from_ndn(ndn_mask: np.ndarray, min_size: int = 0, gap_um: float = 0.0,
+                     spacing_zyx: Sequence[float] = (1.0, 1.0, 1.0), within: np.ndarray | None = None) -> np.ndarray:
+    """Markers from the NDN centre mask (z, y, x): 6-connected components, joined when at
+    most ``gap_um`` of background (physical units, ``spacing_zyx``) separates them (the
+    fragments a threshold cuts from one centre; with ``within``, the NSN mask, only
+    through its foreground, so one marker never spans two NSN components), those with
     fewer than ``min_size`` voxels dropped, relabelled 1..M. Returns int32 (z, y, x)."""
     mask = _check_3d("ndn_mask", ndn_mask) > 0
     if min_size < 0:
         raise InputError(f"min_size: {min_size!r} must be >= 0")
-    components, n = ndimage.label(mask)  # default structure: 6-connectivity in 3D
+    if not (np.isfinite(gap_um) and gap_um >= 0):
+        raise InputError(f"gap_um: {gap_um!r} must be a number >= 0")
+    spacing = _check_spacing(spacing_zyx)
+    if gap_um > 0 and mask.any():
+        # grow every component by half the gap: components whose gap is at most gap_um touch
+        # (6-connected) after growing; the grown labels are then cut back to the mask
+        half = np.array([gap_um / 2.0 / s for s in spacing])
+        r = np.floor(half + 1e-9).astype(int)
+        grid = np.ogrid[-r[0]:r[0] + 1, -r[1]:r[1] + 1, -r[2]:r[2] + 1]
+        ball = sum((g / max(h, 1e-12)) ** 2 for g, h in zip(grid, half)) <= 1.0 + 1e-9
+        grown = ndimage.binary_dilation(mask, ball) if ball.size > 1 else mask
+        if within is not None:
+            grown = grown & (_check_3d("within", within) > 0) | mask
+        components, n = ndimage.label(grown)
+        components[~mask] = 0
+    else:
+        components, n = ndimage.label(mask)  # default structure: 6-connectivity in 3D
     if n and min_size > 0:
         sizes = np.bincount(components.ravel())
         small = sizes < min_size
@@ -132,7 +152,7 @@ def instances_from_probabilities(nsn_prob: np.ndarray, ndn_prob: np.ndarray | No
                                  spacing_zyx: Sequence[float] = (1.0, 1.0, 1.0), name: str = "") -> np.ndarray:
     """Instance labels (z, y, x, int32, 1..N) from NSN and NDN foreground probabilities
     (z, y, x, same shape, grid spacing ``spacing_zyx`` in um): ``prob > threshold``
-    masks, then :func:`markers_from_ndn` (``cfg.min_marker_size``),
+    masks, then :func:`markers_from_ndn` (``cfg.marker_gap_um``, ``cfg.min_marker_size``),
     :func:`watershed_instances` and :func:`drop_small_instances` (``cfg.min_volume_um3``).
 
     Without NDN (``ndn_prob`` None) the connected components of the NSN mask. A WARNING
@@ -149,7 +169,8 @@ def instances_from_probabilities(nsn_prob: np.ndarray, ndn_prob: np.ndarray | No
         if nsn_prob.shape != ndn_prob.shape:
             raise InputError(f"ndn_prob: shape {ndn_prob.shape} differs from the NSN probability shape "
                              f"{nsn_prob.shape}")
-        markers = markers_from_ndn(ndn_prob > cfg.ndn_threshold, cfg.min_marker_size)
+        markers = markers_from_ndn(ndn_prob > cfg.ndn_threshold, cfg.min_marker_size, cfg.marker_gap_um, spacing,
+                                   within=nsn_mask)
         _warn_on_markers(nsn_mask, markers, cfg.min_volume_um3, spacing, name)
     labels = watershed_instances(nsn_mask, markers, spacing)
     return drop_small_instances(labels, cfg.min_volume_um3, spacing)

@@ -41,7 +41,8 @@ LOCK = ".run.lock"
 # atomic_path: prefix "." + target name + "." + mkstemp's 8 random characters + suffix
 _TEMP = re.compile(r"^\.(?P<target>.+)\.[A-Za-z0-9_]{8}\.(tmp|h5|png)$")
 _POST_KEYS_TO_FLAGS = {"nsn_threshold": "--nsn-threshold", "ndn_threshold": "--ndn-threshold",
-                       "min_marker_size": "--min-marker-size", "min_volume_um3": "--min-volume"}
+                       "min_marker_size": "--min-marker-size", "min_volume_um3": "--min-volume",
+                       "marker_gap_um": "--marker-gap"}
 
 
 # ------------------------------------------------------------------ identity

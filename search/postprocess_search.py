@@ -45,7 +45,7 @@ from .storage import FINISHED, counts, open_storage, recover_dead, redact, worke
 log = logging.getLogger(__name__)
 
 NETWORK = "qcanet"
-PARAMS = ("nsn_threshold", "ndn_threshold", "min_marker_size", "min_volume_um3")
+PARAMS = ("nsn_threshold", "ndn_threshold", "min_marker_size", "marker_gap_um", "min_volume_um3")
 THRESHOLDS = (0.05, 0.95)
 METRICS = ("mucov", "seg", "det_f1", "iou", "nuclei")
 IDENTITY_KEYS = ("network", "model", "data", "space")
@@ -171,11 +171,13 @@ def cache_probabilities(nets, truths: list[Truth], infer_cfg, *, channels=None, 
 @dataclass(frozen=True)
 class PostSpace:
     """The searched ranges: thresholds in ``thresholds`` (widened to hold the bundle's
-    values), marker size 0..``max_marker_size``, minimum volume 0..``max_volume_um3``."""
+    values), marker size 0..``max_marker_size``, marker gap 0..``max_gap_um``, minimum
+    volume 0..``max_volume_um3``."""
 
     nsn_threshold: tuple[float, float]
     ndn_threshold: tuple[float, float]
     max_marker_size: int
+    max_gap_um: float
     max_volume_um3: float
 
     def suggest(self, trial: optuna.Trial) -> PostprocessConfig:
@@ -183,18 +185,21 @@ class PostSpace:
             nsn_threshold=trial.suggest_float("nsn_threshold", *self.nsn_threshold),
             ndn_threshold=trial.suggest_float("ndn_threshold", *self.ndn_threshold),
             min_marker_size=trial.suggest_int("min_marker_size", 0, self.max_marker_size),
+            marker_gap_um=trial.suggest_float("marker_gap_um", 0.0, self.max_gap_um),
             min_volume_um3=trial.suggest_float("min_volume_um3", 0.0, self.max_volume_um3))
 
     def to_json(self) -> dict[str, Any]:
         return {"nsn_threshold": list(self.nsn_threshold), "ndn_threshold": list(self.ndn_threshold),
-                "min_marker_size": [0, self.max_marker_size], "min_volume_um3": [0.0, self.max_volume_um3]}
+                "min_marker_size": [0, self.max_marker_size], "marker_gap_um": [0.0, self.max_gap_um],
+                "min_volume_um3": [0.0, self.max_volume_um3]}
 
 
 def make_space(shipped: PostprocessConfig, nets, truths: list[Truth]) -> PostSpace:
     """Ranges sensible for this bundle and data: thresholds 0.05..0.95; markers up to the
     voxel count of the NDN's centre sphere (its training ``ndn_diameter``, grid voxels);
-    minimum volume up to half the median ground-truth nucleus volume (um^3); each range
-    widened to hold the bundle's own value (the warm start)."""
+    marker gap up to that sphere's diameter in um (a wider gap would join the centres of
+    touching nuclei); minimum volume up to half the median ground-truth nucleus volume
+    (um^3); each range widened to hold the bundle's own value (the warm start)."""
     ndn_cfg = nets.ndn.data_cfg if nets.ndn is not None and nets.ndn.data_cfg is not None else DataConfig()
     sphere = math.ceil(4.0 / 3.0 * math.pi * (ndn_cfg.ndn_diameter / 2.0) ** 3)
     sizes = []
@@ -206,8 +211,9 @@ def make_space(shipped: PostprocessConfig, nets, truths: list[Truth]) -> PostSpa
     def widen(value: float) -> tuple[float, float]:
         return (min(THRESHOLDS[0], value), max(THRESHOLDS[1], value))
 
+    gap = ndn_cfg.ndn_diameter * float(nets.spacing_um)
     return PostSpace(widen(shipped.nsn_threshold), widen(shipped.ndn_threshold),
-                     max(sphere, shipped.min_marker_size, 1),
+                     max(sphere, shipped.min_marker_size, 1), round(max(gap, float(shipped.marker_gap_um)), 3),
                      round(max(half_median, float(shipped.min_volume_um3), 1.0), 3))
 
 
@@ -279,6 +285,7 @@ def config_of(params: dict[str, Any]) -> PostprocessConfig:
     return PostprocessConfig(nsn_threshold=float(params["nsn_threshold"]),
                              ndn_threshold=float(params["ndn_threshold"]),
                              min_marker_size=int(params["min_marker_size"]),
+                             marker_gap_um=float(params["marker_gap_um"]),
                              min_volume_um3=float(params["min_volume_um3"]))
 
 

@@ -1,6 +1,7 @@
 """Post-processing on hand-built masks with known answers."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import numpy as np
@@ -248,3 +249,72 @@ def test_fragments_do_not_count_as_components_for_the_warning(caplog):
     with caplog.at_level(logging.WARNING, logger="qca_tf"):
         assert instances_from_probabilities(nsn, ndn, PostprocessConfig(), (1, 1, 1)).max() == 2
     assert _warnings(caplog) == []
+
+
+@pytest.mark.parametrize("empty, gap_um, joined", [(1, 1.6, True), (2, 1.6, True), (3, 1.6, False),
+                                                   (1, 0.0, False), (3, 2.4, False), (4, 3.2, True)])
+def test_marker_gap_joins_fragments_up_to_the_gap(empty, gap_um, joined):
+    """Two NDN fragments with ``empty`` background voxels (0.8 um each) between them along
+    x are one marker exactly when that gap (empty * 0.8 um) is at most ``gap_um`` (rounded
+    down to whole voxels on each side: 2.4 um joins 2 voxels, not 3)."""
+    ndn = np.zeros((7, 7, 20), bool)
+    ndn[2:5, 2:5, 2:5] = True
+    ndn[2:5, 2:5, 5 + empty:8 + empty] = True
+    markers = markers_from_ndn(ndn, gap_um=gap_um, spacing_zyx=(0.8, 0.8, 0.8))
+    assert markers.max() == (1 if joined else 2)
+    np.testing.assert_array_equal(markers > 0, ndn)  # joining never paints the gap
+
+
+def test_marker_gap_is_physical_on_anisotropic_grids():
+    """Along z at 2 um per voxel a one-voxel gap is 2 um: kept apart by 1.6 um, joined by 4 um."""
+    ndn = np.zeros((7, 5, 5), bool)
+    ndn[1:3, 1:4, 1:4] = True
+    ndn[4:6, 1:4, 1:4] = True
+    spacing = (2.0, 0.5, 0.5)
+    assert markers_from_ndn(ndn, gap_um=1.6, spacing_zyx=spacing).max() == 2
+    assert markers_from_ndn(ndn, gap_um=4.0, spacing_zyx=spacing).max() == 1
+    with pytest.raises(InputError, match="gap_um"):
+        markers_from_ndn(ndn, gap_um=-1.0)
+
+
+def test_default_marker_gap_mends_a_cut_centre_and_keeps_touching_nuclei_apart():
+    """On the 0.8 um grid: a nucleus whose NDN centre the threshold cuts in two (a dip of
+    one voxel) is one nucleus with the default gap and two without it (the reference
+    rule); two touching nuclei of 3 um radius with the NDN's 4 um centre spheres stay two."""
+    sp = (0.8, 0.8, 0.8)
+    shape = (16, 16, 30)
+    one = _distance(shape, (6.0, 6.0, 10.0), sp) <= 5.0
+    centre = np.zeros(shape, np.float32)
+    centre[(_distance(shape, (6.0, 6.0, 8.4), sp) <= 1.2) | (_distance(shape, (6.0, 6.0, 11.6), sp) <= 1.2)] = 0.9
+    centre[7:9, 7:9, 13] = 0.4  # the dip between the two halves of the centre
+    nsn = one.astype(np.float32) * 0.95
+    gapless = dataclasses.replace(PostprocessConfig(), marker_gap_um=0.0)
+    assert PostprocessConfig().marker_gap_um == 1.6
+    assert instances_from_probabilities(nsn, centre, gapless, sp).max() == 2
+    assert instances_from_probabilities(nsn, centre, PostprocessConfig(), sp).max() == 1
+
+    da, db = _distance(shape, (6.0, 6.0, 6.0), sp), _distance(shape, (6.0, 6.0, 12.0), sp)
+    pair = ((da <= 3.0) | (db <= 3.0)).astype(np.float32) * 0.95  # touching: centres 6 um apart
+    centres = ((da <= 2.0) | (db <= 2.0)).astype(np.float32) * 0.9  # the NDN target: 4 um spheres
+    assert ndimage.label(pair > 0.5)[1] == 1
+    labels = instances_from_probabilities(pair, centres, PostprocessConfig(min_volume_um3=0), sp)
+    assert labels.max() == 2
+
+
+def test_marker_gap_never_joins_across_nsn_components():
+    """Two centre fragments 1 voxel apart, each in its own NSN component (the gap between
+    them is background in the NSN mask): two markers, two nuclei, each connected."""
+    sp = (0.8, 0.8, 0.8)
+    nsn = np.zeros((9, 9, 20), np.float32)
+    nsn[1:8, 1:8, 1:9] = 0.9
+    nsn[1:8, 1:8, 10:18] = 0.9  # x = 9 is background: two NSN components
+    ndn = np.zeros_like(nsn)
+    ndn[3:6, 3:6, 6:9] = 0.9
+    ndn[3:6, 3:6, 10:13] = 0.9
+    joined = markers_from_ndn(ndn > 0.5, gap_um=1.6, spacing_zyx=sp)
+    assert joined.max() == 1  # without the NSN mask the fragments are one marker
+    assert markers_from_ndn(ndn > 0.5, gap_um=1.6, spacing_zyx=sp, within=nsn > 0.5).max() == 2
+    labels = instances_from_probabilities(nsn, ndn, PostprocessConfig(min_volume_um3=0), sp)
+    assert labels.max() == 2
+    for i in (1, 2):
+        assert ndimage.label(labels == i)[1] == 1
