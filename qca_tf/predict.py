@@ -451,8 +451,14 @@ def predict_series(inputs: list[str | os.PathLike], out_dir: str | os.PathLike, 
         run.summary_rows, _ = collect_tables(out, tps)
         _write_run_json(out, inputs, nets, infer_cfg, opts, run, identity)
     if run.busy:
-        log.warning("%d time point(s) are being segmented by another process (%s); the last process to "
-                    "finish writes the complete tables", len(run.busy), ", ".join(run.busy[:5]))
+        owners = {name: resume.claim_owner(out, name) or {} for name in run.busy}
+        held = ", ".join(f"{name} (pid {o.get('pid', '?')} on {o.get('host', '?')})"
+                         for name, o in list(owners.items())[:5])
+        remote = sorted({str(o.get("host")) for o in owners.values() if o and o.get("host") != resume.host()})
+        hint = (f"; this machine cannot tell whether a process on {', '.join(remote)} is still alive: if it is "
+                f"gone, delete {out / resume.CLAIMS}/<name> and rerun" if remote else "")
+        log.warning("%d time point(s) are being segmented by another process: %s; the last process to finish "
+                    "writes the complete tables%s", len(run.busy), held, hint)
     if run.failed:
         first, problem = next(iter(run.failed.items()))
         if len(run.failed) == len(mine):

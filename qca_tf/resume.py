@@ -153,7 +153,8 @@ def check_finished(out: Path, name: str, identity: dict, source: dict) -> None:
 # ------------------------------------------------------------------ claims
 
 
-def _host() -> str:
+def host() -> str:
+    """This machine's name, as claims record it."""
     return socket.gethostname()
 
 
@@ -180,7 +181,7 @@ def claim_owner(out: Path, name: str) -> dict | None:
 def _held_by_other_live(owner: dict | None) -> bool:
     if owner is None:
         return False
-    if owner.get("host") != _host():
+    if owner.get("host") != host():
         return True  # cannot tell whether it lives: respect it
     pid = int(owner.get("pid", -1))
     return pid != os.getpid() and (pid < 0 or _alive(pid))
@@ -192,7 +193,7 @@ def claim(out: Path, name: str) -> bool:
     folder = out / CLAIMS
     folder.mkdir(exist_ok=True)
     path = folder / name
-    mine = json.dumps({"pid": os.getpid(), "host": _host()})
+    mine = json.dumps({"pid": os.getpid(), "host": host()})
     for _ in range(2):
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -215,7 +216,7 @@ def claim(out: Path, name: str) -> bool:
 def release(out: Path, name: str) -> None:
     path = out / CLAIMS / name
     owner = claim_owner(out, name)
-    if owner is not None and owner.get("pid") == os.getpid() and owner.get("host") == _host():
+    if owner is not None and owner.get("pid") == os.getpid() and owner.get("host") == host():
         path.unlink(missing_ok=True)
 
 

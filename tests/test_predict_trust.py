@@ -258,3 +258,23 @@ def test_stack_too_large_for_memory_and_thin_stack(trained_bundle, synth_dataset
     warnings.clear()
     predict.preflight([root / "images" / "t0000.tif"], tmp_path / "t", model_folder=bundle / "nsn")
     assert warnings == []
+
+
+def test_claim_from_another_host_is_respected_and_named(two, trained_bundle, tmp_path):
+    """A claim written on another machine cannot be checked from here: the time point is
+    left alone, and the warning names the host, the pid and the claim file to delete if
+    that process is gone; once deleted, a rerun segments it."""
+    images, _ = two
+    bundle, _ = trained_bundle
+    out = tmp_path / "out"
+    (out / ".claims").mkdir(parents=True)
+    (out / ".claims" / "t0001").write_text(json.dumps({"pid": 4242, "host": "node-17.cluster.example"}))
+    res = invoke("predict", images, "--model", bundle, "--out", out, *QUIET)
+    assert res.exit_code == 0, res.output
+    assert _names(out) == ["t0000"]
+    assert "t0001 (pid 4242 on node-17.cluster.example)" in res.output
+    assert f"if it is gone, delete {out / '.claims'}/<name> and rerun" in res.output
+    (out / ".claims" / "t0001").unlink()
+    res = invoke("predict", images, "--model", bundle, "--out", out, *QUIET)
+    assert res.exit_code == 0 and "skipped 1 finished" in res.output, res.output
+    assert _names(out) == ["t0000", "t0001"]
