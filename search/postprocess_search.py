@@ -346,7 +346,7 @@ def search_postprocess(cfg: PostSearchSettings, *, storage_url: str | None = Non
     space = make_space(shipped, nets, truths)
     ident = {"network": NETWORK, "model": str(folder.resolve()), "data": str(Path(cfg.data).resolve()),
              "space": space.to_json()}
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # one summary at the end, not a line per trial
+    st.route_optuna_logs()  # one summary at the end, not a line per trial
     study = open_post_study(cfg, ident, storage)
     recover_dead(study)
     volumes = cache_probabilities(nets, truths, infer_cfg, channels=choose_channels(nets), spill_dir=out / "cache",

@@ -237,6 +237,7 @@ def search(cfg: st.SearchSettings, *, storage_url: str | None = None, echo: Call
     ``storage_url`` is the real URL (with password); ``cfg.storage`` its redacted form.
     """
     out = Path(cfg.out)
+    st.route_optuna_logs()
     st.check_sampler_available(cfg.sampler)
     space = SearchSpace.from_file(cfg.space_file)
     if cfg.data and not cfg.objective:

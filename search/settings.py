@@ -124,6 +124,17 @@ def check_sampler_available(sampler: str) -> None:
                               "(or use --sampler tpe)") from None
 
 
+def route_optuna_logs() -> None:
+    """Optuna's messages go through Python ``logging`` (the command's own format and
+    verbosity) instead of its own stderr handler, and only from WARNING up: no
+    "[I 2026-...] A new study created" lines on the terminal."""
+    import optuna
+
+    optuna.logging.disable_default_handler()
+    optuna.logging.enable_propagation()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
 def make_sampler(name: str, seed: int):
     import optuna
 

@@ -280,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     from qca_tf.runtime import init_tensorflow  # noqa: F401  (quiet TF start-up when it is used)
 
     logging.basicConfig(level=logging.INFO, format=f"[worker {index}] %(message)s")
+    st.route_optuna_logs()
     cfg = None
     try:
         cfg = st.SearchSettings.read(settings_path)

@@ -122,3 +122,21 @@ def test_tiny_training_search_end_to_end(synth_dataset, tmp_path):
     assert res.exit_code == 0, res.output
     cfg = json.loads((tmp_path / "re" / "config.json").read_text())
     assert cfg["model"]["depth"] == best["model"]["depth"] and cfg["train"]["adam_alpha"] == best["train"]["adam_alpha"]
+
+
+def test_optuna_messages_go_through_logging_not_the_terminal():
+    """Optuna's own "[I 2026-...] A new study created" lines never reach the terminal; its
+    warnings reach the command's logging once, in its format (a fresh process: optuna's
+    handler holds the stderr of the moment it was made)."""
+    import subprocess
+    import sys
+
+    code = ("import logging, optuna\n"
+            "from qca_tf.search import settings as st\n"
+            "logging.basicConfig(format='LOG %(levelname)s %(message)s')\n"
+            "st.route_optuna_logs()\n"
+            "optuna.create_study(study_name='quiet')\n"
+            "optuna.logging.get_logger('optuna.test').warning('a warning from optuna')\n")
+    err = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stderr
+    assert "A new study created" not in err
+    assert [ln for ln in err.splitlines() if "a warning from optuna" in ln] == ["LOG WARNING a warning from optuna"]
