@@ -169,7 +169,8 @@ def load_networks(*, nsn: str | os.PathLike | None = None, ndn: str | os.PathLik
     as a folder or a registered name (:func:`qca_tf.registry.resolve`); ``nsn``/``ndn``
     given with a bundle replace its networks. ``infer_cfg.precision`` (default auto) is
     resolved once, here, and both networks load under it. ``postprocess_cfg`` overrides
-    the bundle's post-processing parameters."""
+    the bundle's post-processing parameters. With the openvino engine a network whose
+    OpenVINO model is already cached is not built in Keras (no TensorFlow import)."""
     from .engines import keras_policy, resolve_inference
     from .modelio import load_model_folder
     from .registry import resolve
@@ -185,8 +186,20 @@ def load_networks(*, nsn: str | os.PathLike | None = None, ndn: str | os.PathLik
     run_cfg = resolve_inference(infer_cfg or InferenceConfig())
     policy = keras_policy(run_cfg)
     log.debug("loading the networks for the %s engine at precision %s", run_cfg.engine, run_cfg.precision)
-    nets = Networks(nsn=load_model_folder(nsn, dtype_policy=policy),
-                    ndn=load_model_folder(ndn, dtype_policy=policy) if ndn is not None else None,
+
+    def load(folder):
+        if run_cfg.engine == "openvino":
+            from .engines import cached_openvino_model
+
+            cached = cached_openvino_model(folder)
+            if cached is not None:
+                return cached
+        from .runtime import init_tensorflow
+
+        init_tensorflow()
+        return load_model_folder(folder, dtype_policy=policy)
+
+    nets = Networks(nsn=load(nsn), ndn=load(ndn) if ndn is not None else None,
                     postprocess=postprocess_cfg or stored, bundle=meta)
     if nets.ndn is not None:
         check_input_channels(nets.ndn, nets.nsn.model_cfg.input_channels, f"the NSN {nsn} (train both on the same "

@@ -452,9 +452,11 @@ def predict(inputs, out_dir: Path, bundle, nsn, ndn, voxel_size, channels, nsn_t
     # inputs, voxel sizes, output folder and memory are checked before TensorFlow and the models load
     preflight(list(inputs), out_dir, model_folder=nsn or (read_bundle(resolve(bundle)).nsn if bundle else None),
               channels=tuple(channels), voxel_size=VoxelSize.from_xyz(voxel_size) if voxel_size else None)
-    _tensorflow()
     from qca_tf.bundle import load_networks
-    from qca_tf.engines import resolve_inference
+    from qca_tf.engines import resolve_engine, resolve_inference
+
+    if resolve_engine(infer_cfg.engine) == "tensorflow":
+        _tensorflow()  # openvino: TensorFlow loads only for a network not yet in the conversion cache
     from qca_tf.predict import PredictOptions, choose_channels, predict_series, recorded_channel
 
     infer_cfg = resolve_inference(infer_cfg)

@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import threading
 from collections.abc import Callable
@@ -56,12 +57,19 @@ Forward = Callable[[np.ndarray], np.ndarray]
 # ------------------------------------------------------------------ what this machine has
 
 
+#: Device files a GPU that TensorFlow can use leaves on Linux (NVIDIA's driver; AMD ROCm).
+GPU_DEVICE_FILES = ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd")
+
+
 @functools.lru_cache(maxsize=None)
 def has_gpu() -> bool:
-    """True when TensorFlow sees a GPU."""
-    import tensorflow as tf
+    """True when TensorFlow sees a GPU. On Linux without a GPU driver's device file this is
+    known without importing TensorFlow (several seconds of start-up)."""
+    if sys.platform.startswith("linux") and not any(os.path.exists(p) for p in GPU_DEVICE_FILES):
+        return False
+    from .runtime import init_tensorflow
 
-    return bool(tf.config.list_physical_devices("GPU"))
+    return bool(init_tensorflow().config.list_physical_devices("GPU"))
 
 
 def _import_openvino() -> Any:
@@ -251,26 +259,55 @@ def cache_dir() -> Path:
 
 def model_key(loaded: Any) -> str:
     """sha256 (hex) of what the converted model depends on: the architecture, the weights
-    (a Keras model's arrays, or a SavedModel folder's files), qca_tf and OpenVINO versions."""
+    (the weights file it was loaded from, a SavedModel folder's files, or a Keras model's
+    arrays) and the qca_tf and OpenVINO versions. From a weights file it needs no TensorFlow."""
     from .modelio import SavedModelWrapper
 
     h = hashlib.sha256()
     ov_version = _import_openvino().__version__
     h.update(json.dumps({"model": to_dict(loaded.model_cfg), "qca_tf": __version__, "openvino": ov_version},
                         sort_keys=True).encode())
-    if isinstance(loaded.model, SavedModelWrapper):
+    files: list[tuple[str, Path]] = []
+    if getattr(loaded, "weights_path", None) is not None:
+        files = [(Path(loaded.weights_path).name, Path(loaded.weights_path))]
+    elif isinstance(loaded.model, SavedModelWrapper):
         root = Path(loaded.model.folder)
-        for path in sorted(p for p in root.rglob("*") if p.is_file()):
-            h.update(str(path.relative_to(root)).encode())
-            with open(path, "rb") as fh:
-                for block in iter(lambda: fh.read(1 << 22), b""):
-                    h.update(block)
+        files = [(str(p.relative_to(root)), p) for p in sorted(p for p in root.rglob("*") if p.is_file())]
     else:
         for w in loaded.model.weights:
             a = np.ascontiguousarray(np.asarray(w))
             h.update(f"{w.path}:{a.dtype}:{a.shape}".encode())
             h.update(a.data)
+    for name, path in files:
+        h.update(name.encode())
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                h.update(block)
     return h.hexdigest()
+
+
+def _cached_xml(key: str) -> Path:
+    return cache_dir() / "openvino" / key[:32] / "model.xml"
+
+
+def cached_openvino_model(folder: str | Path) -> Any | None:
+    """A model folder (config.json + weights file) as a :class:`qca_tf.modelio.LoadedModel`
+    without its Keras network (``model`` None), when its OpenVINO model is already in the
+    cache: prediction with the openvino engine then needs no TensorFlow. None when the
+    folder must be loaded the usual way (not converted yet, or a SavedModel export)."""
+    from .modelio import LoadedModel, SAVEDMODEL_NAME, read_data_config, read_model_config, weights_file
+
+    folder = Path(folder)
+    info, model_cfg = read_model_config(folder)
+    source = weights_file(folder)
+    if source is None or source.name == SAVEDMODEL_NAME:
+        return None
+    loaded = LoadedModel(None, model_cfg, info["task"], float(info["spacing_um"]), folder, info,
+                         data_cfg=read_data_config(info), precision="float32", weights_path=source)
+    if not _cached_xml(model_key(loaded)).is_file():
+        return None
+    log.debug("%s: its OpenVINO model is cached; TensorFlow is not loaded for it", folder)
+    return loaded
 
 
 def _convert(loaded: Any, xml: Path) -> None:
@@ -306,6 +343,12 @@ def converted_model(loaded: Any) -> Path:
     temporary folder instead (and says so)."""
     from .modelio import SavedModelWrapper
 
+    if loaded.model is None:  # cached_openvino_model: converted before, nothing to convert from
+        xml = _cached_xml(model_key(loaded))
+        if not xml.is_file():
+            raise ModelError(f"{loaded.folder}: its OpenVINO model left the cache {xml.parent} while in use; "
+                             "run the command again")
+        return xml
     if not isinstance(loaded.model, SavedModelWrapper):
         policies = {getattr(getattr(layer, "dtype_policy", None), "name", "float32") for layer in loaded.model.layers}
         policy = next((p for p in sorted(policies) if p != "float32"), "float32")
@@ -313,7 +356,7 @@ def converted_model(loaded: Any) -> Path:
             raise ConfigError(f"the openvino engine needs the network loaded as float32, not {policy}; "
                               "load it with precision float32 (its own precision is the engine's)")
     key = model_key(loaded)
-    xml = cache_dir() / "openvino" / key[:32] / "model.xml"
+    xml = _cached_xml(key)
     if xml.is_file():
         log.debug("OpenVINO model from the cache %s", xml)
         return xml

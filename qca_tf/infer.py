@@ -67,7 +67,7 @@ def estimate_memory_bytes(model_cfg: ModelConfig, shape_zyx: tuple[int, int, int
 
 
 def _itemsize(loaded: LoadedModel) -> int:
-    if isinstance(loaded.model, SavedModelWrapper):
+    if loaded.model is None or isinstance(loaded.model, SavedModelWrapper):  # OpenVINO-only, SavedModel: float32
         return 4
     dtype = str(loaded.model.get_layer("enc0a_conv").compute_dtype)
     return 2 if "16" in dtype else 4

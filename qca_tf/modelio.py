@@ -92,7 +92,10 @@ class LoadedModel:
     """A model ready for prediction. ``model`` is a keras.Model, or a SavedModelWrapper
     (float32) for an exported folder; ``info`` is the whole config.json (migrated to the
     current format); ``data_cfg`` the DataConfig it recorded (None when it recorded none);
-    ``precision`` the Keras dtype policy the network runs under."""
+    ``precision`` the Keras dtype policy the network runs under; ``weights_path`` the
+    weights file ``model`` was loaded from (None for a SavedModel or a network built in
+    memory). ``model`` is None for a network that only runs as a cached OpenVINO model
+    (:func:`qca_tf.engines.cached_openvino_model`: no TensorFlow needed)."""
 
     model: Any
     model_cfg: ModelConfig
@@ -103,6 +106,7 @@ class LoadedModel:
     data_cfg: DataConfig | None = None
     precision: str = "float32"
     forward_cache: dict = field(default_factory=dict, repr=False, compare=False)  # compiled passes, see infer
+    weights_path: Path | None = None
 
     @property
     def grid_recipe(self) -> GridRecipe:
@@ -333,7 +337,8 @@ def load_model_folder(folder: str | os.PathLike, *, dtype_policy: str | None = N
         model = build_unet(model_cfg, dtype_policy=dtype_policy, kernel_initializer="zeros")  # weights follow
         load_weights_into(model, folder, source)
     return LoadedModel(model, model_cfg, info["task"], float(info["spacing_um"]), folder, info,
-                       data_cfg=data_cfg, precision=precision)
+                       data_cfg=data_cfg, precision=precision,
+                       weights_path=None if source.name == SAVEDMODEL_NAME else source)
 
 
 def load_weights_into(model: Any, folder: Path, source: Path) -> None:

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-import keras
 import numpy as np
 
 from .config import ModelConfig
 from .errors import ConfigError
+
+if TYPE_CHECKING:  # keras (and TensorFlow) load only when a network is built
+    import keras
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +84,8 @@ def build_unet(
     ``kernel_initializer``: "zeros" when the weights are loaded right after (skips drawing
     tens of millions of random numbers: a large share of the NDN preset's load time).
     """
+    import keras
+
     if input_shape is not None:
         check_spatial_shape(input_shape, cfg.depth)
     spatial = tuple(input_shape) if input_shape is not None else (None, None, None)

@@ -544,14 +544,22 @@ def _shard_records(out: Path, identity: dict, opts: PredictOptions, run: RunSumm
 
 def _write_run_json(out: Path, inputs, nets: Networks, infer_cfg: InferenceConfig, opts: PredictOptions,
                     run: RunSummary, identity: dict | None = None) -> None:
-    import keras
-    import tensorflow as tf
+    import sys
+    from importlib.metadata import PackageNotFoundError, version
 
+    def installed(name: str) -> str | None:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+
+    tf = sys.modules.get("tensorflow")  # not imported when every network ran from the OpenVINO cache
     payload = {
         "qca_tf_version": __version__,
-        "versions": {"tensorflow": tf.__version__, "keras": keras.__version__, "numpy": np.__version__,
+        "versions": {"tensorflow": installed("tensorflow"), "keras": installed("keras"), "numpy": np.__version__,
                      "python": platform.python_version()},
-        "device": [d.name for d in tf.config.list_logical_devices()],
+        "device": ([d.name for d in tf.config.list_logical_devices()] if tf is not None
+                   else ["CPU (OpenVINO; TensorFlow not loaded)"]),
         "openvino": _openvino_version(infer_cfg.engine),
         "inputs": [str(p) for p in inputs],
         "models": {"nsn": str(nets.nsn.folder), "ndn": str(nets.ndn.folder) if nets.ndn else None,

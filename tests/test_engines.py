@@ -180,3 +180,81 @@ def test_jit_dropped_on_cpu_with_a_reason(caplog):
     assert engines.use_jit(True, "tensorflow", gpu=True) is True
     assert engines.use_jit(False, "tensorflow", gpu=True) is False
     assert engines.use_jit(True, "openvino", gpu=False) is False
+
+
+_NO_TF_RUN = """
+import sys
+from qca_tf.cli import main
+try:
+    main(sys.argv[1:], standalone_mode=False)
+finally:
+    print("TENSORFLOW_LOADED", "tensorflow" in sys.modules, file=sys.stderr)
+"""
+
+
+def test_cached_openvino_model_runs_without_tensorflow(trained_bundle, synth_dataset, tmp_path):
+    """With the openvino engine and both networks already converted, `qca-tf predict` never
+    imports TensorFlow (seconds of start-up) and writes the same labels; other weights in
+    the folder are never served the old conversion."""
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    if not any(os.path.exists(p) for p in engines.GPU_DEVICE_FILES):
+        bundle, _ = trained_bundle
+        root, _ = synth_dataset
+        image = root / "images" / "t0002.tif"
+        env = {**os.environ, "QCA_TF_CACHE": str(tmp_path / "cache")}
+        loaded = []
+        for run in ("first", "second"):
+            res = subprocess.run([sys.executable, "-c", _NO_TF_RUN, "predict", str(image), "--model", str(bundle),
+                                  "--out", str(tmp_path / run), "--engine", "openvino", "--no-quicklook"],
+                                 capture_output=True, text=True, env=env)
+            assert res.returncode == 0, res.stderr
+            loaded.append("TENSORFLOW_LOADED True" in res.stderr)
+        assert loaded == [True, False]  # the first run converts (Keras), the second reads the cache only
+        np.testing.assert_array_equal(io.read_stack(tmp_path / "second" / "labels" / "t0002.tif"),
+                                      io.read_stack(tmp_path / "first" / "labels" / "t0002.tif"))
+        run_json = json.loads((tmp_path / "second" / "run.json").read_text())
+        assert run_json["device"] == ["CPU (OpenVINO; TensorFlow not loaded)"]
+        assert run_json["versions"]["tensorflow"]  # still recorded, from the installed package
+    # the cache is keyed by the weights file's bytes: changed weights are not served the old model
+    folder = tmp_path / "nsn"
+    shutil.copytree(trained_bundle[0] / "nsn", folder)
+    os.environ["QCA_TF_CACHE"], saved = str(tmp_path / "cache2"), os.environ.get("QCA_TF_CACHE")
+    try:
+        assert engines.cached_openvino_model(folder) is None  # not converted yet
+        loaded_model = infer.load_for_inference(folder, OV)
+        engines.converted_model(loaded_model)
+        cached = engines.cached_openvino_model(folder)
+        assert cached is not None and cached.model is None and cached.task == "nsn"
+        vol = _volume((16, 24, 24), seed=5)
+        np.testing.assert_array_equal(infer.predict_probabilities(cached, vol, OV),
+                                      infer.predict_probabilities(loaded_model, vol, OV))
+        weights = folder / "weights.h5"
+        blob = bytearray(weights.read_bytes())
+        blob[-1] ^= 1
+        weights.write_bytes(bytes(blob))
+        assert engines.cached_openvino_model(folder) is None
+    finally:
+        if saved is None:
+            os.environ.pop("QCA_TF_CACHE", None)
+        else:
+            os.environ["QCA_TF_CACHE"] = saved
+
+
+def test_no_gpu_device_file_means_no_gpu_without_tensorflow(monkeypatch):
+    """On Linux without /dev/nvidia* or /dev/kfd, TensorFlow is not asked (nor imported)."""
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the device-file check is Linux only")
+    engines.has_gpu.cache_clear()
+    monkeypatch.setattr(engines.os.path, "exists", lambda p: False)
+    monkeypatch.setitem(sys.modules, "tensorflow", None)  # importing it now would raise ImportError
+    try:
+        assert engines.has_gpu() is False
+    finally:
+        engines.has_gpu.cache_clear()
