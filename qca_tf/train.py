@@ -8,7 +8,8 @@ Two steps, so a search trains many configurations on data read once:
 Output folder layout::
 
     OUT/config.json, OUT/weights.h5    best epoch (a weights-only model folder, see modelio)
-    OUT/epochs.csv                     one row per epoch: epoch, loss, metric, lr, best
+    OUT/epochs.csv                     one row per epoch: epoch, loss, metric, lr, best,
+                                       tiebreak (NDN: centre-mask Dice, breaks ties of F)
     OUT/training.json                  the run's options and volumes: a rerun resumes or
                                        reports "finished" only when they match
     OUT/.resume/                       Keras BackupAndRestore state while a run is unfinished
@@ -40,7 +41,7 @@ log = logging.getLogger(__name__)
 
 #: Centre-matching distance (um) of the NDN validation F-measure (the evaluation's).
 VAL_MATCH_DISTANCE_UM = metrics.MATCH_DISTANCE_UM
-EPOCH_FIELDS = ("epoch", "loss", "metric", "lr", "best")
+EPOCH_FIELDS = ("epoch", "loss", "metric", "lr", "best", "tiebreak")
 RUN_NAME = "training.json"
 
 
@@ -172,9 +173,13 @@ def build_compiled(model_cfg: ModelConfig, train_cfg: TrainConfig, dtype_policy:
     return model
 
 
-def validation_score(model: keras.Model, val_ds: tf.data.Dataset, task: str, spacing_um: float) -> float:
-    """Mean over validation volumes of IoU (nsn) or detection F-measure (ndn)."""
-    scores = []
+def validation_scores(model: keras.Model, val_ds: tf.data.Dataset, task: str,
+                      spacing_um: float) -> tuple[float, float]:
+    """(metric, tie-break), each the mean over validation volumes. The metric is IoU (nsn)
+    or the detection F-measure (ndn). The tie-break picks between epochs of equal metric:
+    for ndn the Dice of the predicted centre mask with the target spheres (F reaches 1.0
+    early on a few volumes, and the centres keep improving after), for nsn 0."""
+    scores, ties = [], []
     for x, target in val_ds:
         prob = model(x, training=False)[0, ..., 1]
         z, y, w = target.shape
@@ -182,9 +187,23 @@ def validation_score(model: keras.Model, val_ds: tf.data.Dataset, task: str, spa
         gt = target.numpy() > 0
         if task == "nsn":
             scores.append(metrics.iou(pred, gt))
+            ties.append(0.0)
         else:
             scores.append(metrics.detection_from_masks(pred, gt, (spacing_um,) * 3, VAL_MATCH_DISTANCE_UM)["f1"])
-    return float(np.mean(scores))
+            total = int(pred.sum()) + int(gt.sum())
+            ties.append(2.0 * int(np.logical_and(pred, gt).sum()) / total if total else 1.0)
+    return float(np.mean(scores)), float(np.mean(ties))
+
+
+def _row_key(row: dict) -> tuple[float, float]:
+    return float(row["metric"]), float(row.get("tiebreak") or 0.0)
+
+
+def best_row(rows: list[dict]) -> int:
+    """Index of the best epoch among ``epochs.csv`` rows: highest metric, ties broken by
+    the tie-break column (rows written before it existed count 0), then the earliest."""
+    keys = [_row_key(r) for r in rows]
+    return max(range(len(rows)), key=lambda i: (keys[i], -i))
 
 
 def _decayed_lr(rows: list[dict], base_lr: float, decay: float, patience: int) -> float:
@@ -221,9 +240,9 @@ class EpochCallback(keras.callbacks.Callback):
         self.spacing_um = spacing_um
         self.rows = rows
         self.metric_name = train_cfg.metric_name
-        done = [float(r["metric"]) for r in rows]
-        self.best = max(done) if done else -math.inf
-        self.best_epoch = int(rows[int(np.argmax(done))]["epoch"]) if done else 0
+        top = best_row(rows) if rows else None
+        self.best, self.best_tie = _row_key(rows[top]) if top is not None else (-math.inf, -math.inf)
+        self.best_epoch = int(rows[top]["epoch"]) if top is not None else 0
         self.base_lr = train_cfg.sgd_lr if train_cfg.optimizer == "sgd" else train_cfg.adam_alpha
 
     def on_train_begin(self, logs=None):
@@ -233,12 +252,12 @@ class EpochCallback(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
-        score = validation_score(self.model, self.val_ds, self.train_cfg.task, self.spacing_um)
+        score, tie = validation_scores(self.model, self.val_ds, self.train_cfg.task, self.spacing_um)
         logs[self.metric_name] = score
         lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-        improved = score > self.best
+        improved = (score, tie) > (self.best, self.best_tie)
         if improved:
-            self.best, self.best_epoch = score, epoch + 1
+            self.best, self.best_tie, self.best_epoch = score, tie, epoch + 1
             modelio.save_model_folder(
                 self.out, self.model, task=self.train_cfg.task, model_cfg=self.model_cfg,
                 spacing_um=self.spacing_um, train_cfg=self.train_cfg, data_cfg=self.data_cfg,
@@ -248,7 +267,8 @@ class EpochCallback(keras.callbacks.Callback):
         nxt = scheduled_lrs(history, self.base_lr, self.train_cfg.lr_decay, self.train_cfg.lr_patience)[-1]
         self.model.optimizer.learning_rate.assign(nxt)
         self.rows.append({"epoch": epoch + 1, "loss": f"{logs.get('loss', float('nan')):.6g}",
-                          "metric": f"{score:.6f}", "lr": f"{lr:.6g}", "best": int(improved)})
+                          "metric": f"{score:.6f}", "lr": f"{lr:.6g}", "best": int(improved),
+                          "tiebreak": f"{tie:.6f}"})
         _write_rows(self.out / "epochs.csv", self.rows)
         log.info("epoch %d/%d: loss %.4f, %s %.4f (best %.4f at epoch %d), lr %.3g",
                  epoch + 1, self.train_cfg.epochs, logs.get("loss", float("nan")), self.metric_name,
@@ -450,12 +470,11 @@ def fit(prepared: PreparedData, out_dir: str | os.PathLike, model_cfg: ModelConf
             raise ConfigError(f"{out}: holds {state} training with other options: {'; '.join(differ)}; "
                               "rerun with the same options, or give --overwrite or another --out to start again")
         if not unfinished and len(previous) >= train_cfg.epochs:
-            done = [float(r["metric"]) for r in previous]
-            best = int(np.argmax(done))
+            best = best_row(previous)
             log.info("training in %s is already finished (%d epochs); the model is in %s; "
                      "--overwrite trains again", out, len(previous), out)
             return TrainResult(folder=out, metric_name=train_cfg.metric_name, best_epoch=int(previous[best]["epoch"]),
-                               best_metric=done[best], history=previous, finished=True)
+                               best_metric=float(previous[best]["metric"]), history=previous, finished=True)
     if previous and not resume_dir.exists():
         log.warning("%s: %d epoch(s) in epochs.csv but no resume state (.resume/); training starts again "
                     "from epoch 1", out, len(previous))

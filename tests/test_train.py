@@ -42,6 +42,29 @@ def test_tiny_ndn_finds_most_centres_from_labels(trained_bundle):
     assert results["ndn"].best_metric >= 0.7
 
 
+def test_ndn_best_epoch_breaks_ties_of_f_by_centre_dice(trained_bundle):
+    """Every NDN epoch logs the centre-mask Dice; the saved epoch is the best by (F, Dice),
+    not merely the first to reach the best F (which saturates at 1.0 on a few volumes)."""
+    bundle, results = trained_bundle
+    rows = train_mod.read_epochs(bundle / "ndn" / "epochs.csv")
+    ties = [float(r["tiebreak"]) for r in rows]
+    assert all(0.0 <= t <= 1.0 for t in ties) and max(ties) > 0.3
+    top = train_mod.best_row(rows)
+    saved = json.loads((bundle / "ndn" / "config.json").read_text())["metrics"]["best_epoch"]
+    assert saved == int(rows[top]["epoch"]) == results["ndn"].best_epoch
+    best_f = max(float(r["metric"]) for r in rows)
+    assert float(rows[top]["tiebreak"]) == max(t for r, t in zip(rows, ties) if float(r["metric"]) == best_f)
+
+
+def test_best_row_orders_by_metric_then_tiebreak_then_epoch():
+    rows = [{"epoch": "1", "metric": "0.9", "tiebreak": "0.8"}, {"epoch": "2", "metric": "1.0", "tiebreak": "0.4"},
+            {"epoch": "3", "metric": "1.0", "tiebreak": "0.6"}, {"epoch": "4", "metric": "1.0", "tiebreak": "0.6"},
+            {"epoch": "5", "metric": "0.95", "tiebreak": "0.9"}]
+    assert train_mod.best_row(rows) == 2  # epoch 3: F 1.0 with the best Dice, the earlier of two equal
+    old = [{"epoch": "1", "metric": "0.5"}, {"epoch": "2", "metric": "0.7"}, {"epoch": "3", "metric": "0.7"}]
+    assert train_mod.best_row(old) == 1  # epochs.csv from before the column: the first best metric
+
+
 def test_decay_waits_for_patience_epochs_without_a_new_best():
     metrics = [0.5, 0.4, 0.45, 0.6, 0.3, 0.2, 0.1, 0.7]
     # patience 2: epochs 2-3 do not beat 0.5 -> decay after epoch 3; 0.6 is a new best;
