@@ -203,9 +203,9 @@ def make_bundle(args: argparse.Namespace, volume: np.ndarray, folder: Path) -> d
     """Seeded random preset NSN and NDN, calibrated on ``volume`` (see :func:`random_model`),
     saved as model folders and a bundle in ``folder`` for ``qca-tf predict``. Returns
     {task: LoadedModel} of the float32 networks (the same weights as the folders)."""
-    from qca_tf import predict
+    from qca_tf.bundle import save_bundle
     from qca_tf.config import PRESETS, ModelConfig, PostprocessConfig
-    from qca_tf.modelio import save_model_folder
+    from qca_tf.modelio import save_model_folder, weights_file
 
     loaded = {}
     for task in ("nsn", "ndn"):
@@ -214,8 +214,9 @@ def make_bundle(args: argparse.Namespace, volume: np.ndarray, folder: Path) -> d
         lm = random_model(cfg, task, args.seed, volume, fg)
         save_model_folder(folder / task, lm.model, task=task, model_cfg=lm.model_cfg, spacing_um=SPACING_UM)
         lm.folder = folder / task
+        lm.weights_path = weights_file(folder / task)  # its conversion is the one `qca-tf predict` finds
         loaded[task] = lm
-    predict.save_bundle(folder, PostprocessConfig())
+    save_bundle(folder, PostprocessConfig())
     return loaded
 
 
@@ -351,43 +352,38 @@ def bench_reference(args: argparse.Namespace, volume: np.ndarray, nets: dict[str
 
 def startup_child(args: argparse.Namespace) -> None:
     """Runs in a fresh process: the times `qca-tf predict` spends before its first result,
-    with the engine and precision the command would choose (``--child-engine``): import
-    (TensorFlow + qca_tf), model load (both bundle networks), first network call of each
-    (conversion from the cache or not, compilation, the first pass) and a second call.
-    Prints one JSON line."""
+    doing what the command does (``--child-engine``): import (qca_tf, and TensorFlow when
+    the engine is TensorFlow or a network is not in the OpenVINO cache), model load (both
+    bundle networks), first network call of each (compilation, the first pass) and a
+    second call. Prints one JSON line, with whether TensorFlow was imported."""
     t0 = time.perf_counter()
+    from qca_tf import engines, io, predict, preprocess
+    from qca_tf.bundle import load_networks
+    from qca_tf.config import InferenceConfig
     from qca_tf.runtime import init_tensorflow
 
-    init_tensorflow()
-    from qca_tf import engines, io, predict
-    from qca_tf.config import InferenceConfig
-    from qca_tf.infer import resolve_precision
-
-    t_import = time.perf_counter() - t0
     engine = engines.resolve_engine(args.child_engine)
-    if engine == "openvino":
-        policy, load_policy = engines.openvino_precision("auto"), "float32"
-    else:
-        policy = load_policy = resolve_precision("auto")
+    if engine == "tensorflow":
+        init_tensorflow()
+    cfg = engines.resolve_inference(InferenceConfig(engine=engine))
+    t_import = time.perf_counter() - t0
     t1 = time.perf_counter()
-    nets = predict.load_networks(bundle=args.child_bundle, precision=load_policy)
+    nets = load_networks(bundle=args.child_bundle, infer_cfg=cfg)
     t_load = time.perf_counter() - t1
     voxel = io.VoxelSize.from_xyz(args.voxel_size)
-    from qca_tf import preprocess
-
     t2 = time.perf_counter()
     volume = preprocess.to_network_grid(io.read_stack(args.image), voxel, nets.spacing_um)
     t_read = time.perf_counter() - t2
-    cfg = InferenceConfig(engine=engine, precision=policy)
     t3 = time.perf_counter()
     predict.segment(nets, volume, cfg)
     t_first = time.perf_counter() - t3
     t4 = time.perf_counter()
     predict.segment(nets, volume, cfg)
     t_second = time.perf_counter() - t4
-    print(json.dumps({"engine": engine, "precision": policy, "import_s": t_import, "load_s": t_load,
+    print(json.dumps({"engine": engine, "precision": cfg.precision, "import_s": t_import, "load_s": t_load,
                       "read_s": t_read, "first_call_s": t_first, "second_call_s": t_second,
-                      "startup_s": t_import + t_load + t_read + t_first - t_second}))
+                      "startup_s": t_import + t_load + t_read + t_first - t_second,
+                      "tensorflow_imported": "tensorflow" in sys.modules}))
 
 
 def bench_startup(args: argparse.Namespace, bundle: Path, env: dict[str, str], engine: str) -> dict[str, Any]:
@@ -566,8 +562,9 @@ def print_report(res: dict[str, Any]) -> None:
     vol = res.get("volume")
     if vol:
         print(f"input: {vol['source']}, voxel {vol['voxel_size_xyz_um']} um (x y z) -> grid {vol['grid_shape']} "
-              f"at {vol['spacing_um']} um; networks: NSN and NDN presets, seeded random weights with calibrated "
-              "BN statistics")
+              f"at {vol['spacing_um']} um; networks: NSN and NDN "
+              f"{'presets' if vol.get('models', 'preset') == 'preset' else 'tiny (depth 2, 4 channels)'}, "
+              "seeded random weights with calibrated BN statistics")
     nets = res.get("networks")
     if nets:
         print("\n## 1. networks, whole volume, per engine and precision (s: best of --repeats calls after the first; "
@@ -598,7 +595,10 @@ def print_report(res: dict[str, Any]) -> None:
     if st:
         print("\n## 3. startup in a fresh process (both presets; conversion cache warm)")
         for label, s in st.items():
-            print(f"{label}: {s['engine']} {s['precision']}: import {s['import_s']:.2f} s, model load {s['load_s']:.2f} s,"
+            tf_note = "" if s.get("tensorflow_imported") is None else (
+                ", TensorFlow imported" if s["tensorflow_imported"] else ", TensorFlow not imported")
+            print(f"{label}: {s['engine']} {s['precision']}{tf_note}: import {s['import_s']:.2f} s, "
+                  f"model load {s['load_s']:.2f} s,"
                   f" read+resample {s['read_s']:.2f} s, first call {s['first_call_s']:.2f} s (second "
                   f"{s['second_call_s']:.2f} s); startup (import + load + read + first - second) "
                   f"{s['startup_s']:.2f} s; process wall {s['process_wall_s']:.2f} s")
@@ -696,12 +696,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
     if args.device == "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = "-1"  # children inherit it too
+    if args.startup_child:  # as the command: TensorFlow only if the engine needs it
+        startup_child(args)
+        return 0
     setup_tensorflow(args.threads)
     if args.memory_child:
         memory_child(args)
-        return 0
-    if args.startup_child:
-        startup_child(args)
         return 0
     import tensorflow as tf
 
@@ -723,7 +723,7 @@ def main(argv: list[str] | None = None) -> int:
             io.write_stack(args.image, raw, voxel)
         volume = preprocess.to_network_grid(raw, voxel, SPACING_UM)
         res["volume"] = {"source": source, "voxel_size_xyz_um": list(args.voxel_size), "spacing_um": SPACING_UM,
-                         "grid_shape": list(volume.shape)}
+                         "grid_shape": list(volume.shape), "models": args.models}
         env = {**os.environ, "QCA_TF_CACHE": str(tmp / "cache")}
         os.environ["QCA_TF_CACHE"] = env["QCA_TF_CACHE"]
         nets = make_bundle(args, volume, tmp / "bundle")
