@@ -233,6 +233,9 @@ def tensorflow_forward(loaded: Any, jit: bool = False) -> Forward:
     from .modelio import SavedModelWrapper
 
     model = loaded.model
+    if model is None:
+        raise ModelError(f"{loaded.folder}: loaded for the openvino engine only (from its conversion cache); "
+                         "load it with the tensorflow engine to run it there")
     key = ("tensorflow", bool(jit))
     if key not in loaded.forward_cache:
         if jit and not has_gpu():

@@ -12,7 +12,7 @@ import keras
 
 from qca_tf import engines, infer, io, predict
 from qca_tf.config import InferenceConfig, ModelConfig
-from qca_tf.errors import ConfigError
+from qca_tf.errors import ConfigError, ModelError
 from qca_tf.modelio import LoadedModel
 from qca_tf.models import build_unet
 
@@ -230,6 +230,8 @@ def test_cached_openvino_model_runs_without_tensorflow(trained_bundle, synth_dat
         engines.converted_model(loaded_model)
         cached = engines.cached_openvino_model(folder)
         assert cached is not None and cached.model is None and cached.task == "nsn"
+        with pytest.raises(ModelError, match="openvino engine only"):
+            infer.predict_probabilities(cached, _volume((16, 24, 24), seed=5), TF)
         vol = _volume((16, 24, 24), seed=5)
         np.testing.assert_array_equal(infer.predict_probabilities(cached, vol, OV),
                                       infer.predict_probabilities(loaded_model, vol, OV))
