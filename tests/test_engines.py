@@ -258,3 +258,24 @@ def test_no_gpu_device_file_means_no_gpu_without_tensorflow(monkeypatch):
         assert engines.has_gpu() is False
     finally:
         engines.has_gpu.cache_clear()
+
+
+def test_run_json_versions_without_tensorflow_package_metadata(monkeypatch):
+    """run.json's TensorFlow version: the loaded module's own, even when no distribution is
+    named "tensorflow" (tensorflow-cpu installs); from the package when it is not loaded."""
+    import importlib.metadata
+    import sys
+    import types
+
+    from qca_tf import predict
+
+    def version(name):
+        if name == "tensorflow-cpu":
+            return "9.9.9"
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    monkeypatch.setitem(sys.modules, "tensorflow", types.SimpleNamespace(__version__="9.9.8"))
+    assert predict.library_versions()["tensorflow"] == "9.9.8"
+    monkeypatch.delitem(sys.modules, "tensorflow")
+    assert predict.library_versions()["tensorflow"] == "9.9.9"
