@@ -244,8 +244,9 @@ class PostprocessConfig:
     """Watershed parameters (reference defaults, plus ``marker_gap_um``). NDN components
     separated by at most ``marker_gap_um`` (um of background between them) are one marker:
     the fragments a threshold cuts from one nuclear centre (1.6 um = 2 voxels of the 0.8 um
-    grid; centres of touching nuclei 3 um or more in radius, drawn as the NDN's 4 um
-    spheres, are at least 2 um apart); 0 keeps every component apart (the reference).
+    grid; centres of touching nuclei over 3.2 um in radius, drawn as the NDN's 4 um
+    spheres, are more than 1.6 um of background voxels apart; at 3 um some positions on the
+    grid join them); 0 keeps every component apart (the reference).
     ``min_marker_size`` is in voxels of the network grid; markers smaller than it are
     dropped. ``min_volume_um3``:
     instances smaller than this (um^3, after the watershed) are fragments, not nuclei,

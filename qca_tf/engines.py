@@ -57,8 +57,9 @@ Forward = Callable[[np.ndarray], np.ndarray]
 # ------------------------------------------------------------------ what this machine has
 
 
-#: Device files a GPU that TensorFlow can use leaves on Linux (NVIDIA's driver; AMD ROCm).
-GPU_DEVICE_FILES = ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd")
+#: Device files a GPU that TensorFlow can use leaves on Linux (NVIDIA's driver; AMD ROCm;
+#: WSL2's GPU paravirtualisation, which has no /dev/nvidia*; NVIDIA Jetson).
+GPU_DEVICE_FILES = ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd", "/dev/dxg", "/dev/nvhost-ctrl-gpu", "/dev/nvgpu")
 
 
 @functools.lru_cache(maxsize=None)

@@ -56,20 +56,10 @@ def markers_from_ndn(ndn_mask: np.ndarray, min_size: int = 0, gap_um: float = 0.
     if not (np.isfinite(gap_um) and gap_um >= 0):
         raise InputError(f"gap_um: {gap_um!r} must be a number >= 0")
     spacing = _check_spacing(spacing_zyx)
-    if gap_um > 0 and mask.any():
-        # grow every component by half the gap: components whose gap is at most gap_um touch
-        # (6-connected) after growing; the grown labels are then cut back to the mask
-        half = np.array([gap_um / 2.0 / s for s in spacing])
-        r = np.floor(half + 1e-9).astype(int)
-        grid = np.ogrid[-r[0]:r[0] + 1, -r[1]:r[1] + 1, -r[2]:r[2] + 1]
-        ball = sum((g / max(h, 1e-12)) ** 2 for g, h in zip(grid, half)) <= 1.0 + 1e-9
-        grown = ndimage.binary_dilation(mask, ball) if ball.size > 1 else mask
-        if within is not None:
-            grown = grown & (_check_3d("within", within) > 0) | mask
-        components, n = ndimage.label(grown)
-        components[~mask] = 0
-    else:
-        components, n = ndimage.label(mask)  # default structure: 6-connectivity in 3D
+    components, n = ndimage.label(mask)  # default structure: 6-connectivity in 3D
+    if gap_um > 0 and n > 1:
+        allowed = None if within is None else (_check_3d("within", within) > 0) | mask
+        components, n = _join_across_gaps(components, n, gap_um, spacing, allowed)
     if n and min_size > 0:
         sizes = np.bincount(components.ravel())
         small = sizes < min_size
@@ -78,6 +68,45 @@ def markers_from_ndn(ndn_mask: np.ndarray, min_size: int = 0, gap_um: float = 0.
         logger.debug("markers: dropped %d of %d components smaller than %d voxels",
                      int(small[1:].sum()), n, min_size)
     return relabel_consecutive(components)
+
+
+def _join_across_gaps(components: np.ndarray, n: int, gap_um: float, spacing: tuple[float, float, float],
+                      allowed: np.ndarray | None) -> tuple[np.ndarray, int]:
+    """``components`` (labels 1..n) with every two joined when a run of at most ``gap_um``
+    of background separates them: two 6-adjacent voxels, one nearest to A and one to B
+    (voxel centres, physical units), whose distances to them add up to at most ``gap_um``
+    (along an axis: the background voxels between A and B times the spacing, odd counts
+    as well as even). With ``allowed`` (the NSN mask or the markers) both voxels and both
+    components must lie in one 6-connected part of it. Returns (labels 1..m, m)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    pad = [int(np.floor(gap_um / s + 1e-9)) + 1 for s in spacing]  # beyond it every distance exceeds the gap
+    bbox = ndimage.find_objects((components > 0).astype(np.int8))[0]
+    box = tuple(slice(max(0, b.start - p), min(size, b.stop + p)) for b, p, size in zip(bbox, pad, components.shape))
+    sub = components[box]
+    dist, idx = ndimage.distance_transform_edt(sub == 0, sampling=spacing, return_indices=True)
+    nearest = sub[tuple(idx)]  # the component nearest to each voxel (a marker voxel's own)
+    ok = None
+    if allowed is not None:
+        parts, _ = ndimage.label(allowed[box])
+        ok = (parts > 0) & (parts[tuple(idx)] == parts)  # allowed, in the part that holds its nearest marker
+    del idx
+    limit = gap_um + 1e-6 * min(spacing)
+    found = []
+    for axis in range(3):
+        a = tuple(slice(None, -1) if k == axis else slice(None) for k in range(3))
+        b = tuple(slice(1, None) if k == axis else slice(None) for k in range(3))
+        hit = (nearest[a] != nearest[b]) & (dist[a] + dist[b] <= limit)
+        if ok is not None:
+            hit &= ok[a] & ok[b]
+        found.append(np.stack([nearest[a][hit], nearest[b][hit]], axis=1))
+    pairs = np.concatenate(found)
+    graph = coo_matrix((np.ones(len(pairs), np.int8), (pairs[:, 0], pairs[:, 1])), shape=(n + 1, n + 1))
+    m, group = connected_components(graph, directed=False)
+    lut = np.zeros(n + 1, np.int32)
+    lut[1:] = group[1:] + 1  # background (0) is in no pair: its group is its own, and stays unused
+    return lut[components], m - 1
 
 
 def watershed_instances(nsn_mask: np.ndarray, markers: np.ndarray,

@@ -542,22 +542,37 @@ def _shard_records(out: Path, identity: dict, opts: PredictOptions, run: RunSumm
     return dict(sorted(shards.items()))
 
 
-def _write_run_json(out: Path, inputs, nets: Networks, infer_cfg: InferenceConfig, opts: PredictOptions,
-                    run: RunSummary, identity: dict | None = None) -> None:
+def library_versions() -> dict[str, str | None]:
+    """TensorFlow, Keras, NumPy and Python versions for run.json: a loaded module's own
+    ``__version__``, else the installed package's (TensorFlow is not loaded when every
+    network ran from the OpenVINO cache; it may be installed as tensorflow-cpu)."""
     import sys
     from importlib.metadata import PackageNotFoundError, version
 
-    def installed(name: str) -> str | None:
-        try:
-            return version(name)
-        except PackageNotFoundError:
-            return None
+    def installed(*names: str) -> str | None:
+        for name in names:
+            try:
+                return version(name)
+            except PackageNotFoundError:
+                pass
+        return None
+
+    def of(module: str, *packages: str) -> str | None:
+        loaded = sys.modules.get(module)
+        return getattr(loaded, "__version__", None) if loaded is not None else installed(*packages)
+
+    return {"tensorflow": of("tensorflow", "tensorflow", "tensorflow-cpu", "tensorflow-macos", "tf-nightly"),
+            "keras": of("keras", "keras"), "numpy": np.__version__, "python": platform.python_version()}
+
+
+def _write_run_json(out: Path, inputs, nets: Networks, infer_cfg: InferenceConfig, opts: PredictOptions,
+                    run: RunSummary, identity: dict | None = None) -> None:
+    import sys
 
     tf = sys.modules.get("tensorflow")  # not imported when every network ran from the OpenVINO cache
     payload = {
         "qca_tf_version": __version__,
-        "versions": {"tensorflow": installed("tensorflow"), "keras": installed("keras"), "numpy": np.__version__,
-                     "python": platform.python_version()},
+        "versions": library_versions(),
         "device": ([d.name for d in tf.config.list_logical_devices()] if tf is not None
                    else ["CPU (OpenVINO; TensorFlow not loaded)"]),
         "openvino": _openvino_version(infer_cfg.engine),

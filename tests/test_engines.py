@@ -260,3 +260,44 @@ def test_no_gpu_device_file_means_no_gpu_without_tensorflow(monkeypatch):
         assert engines.has_gpu() is False
     finally:
         engines.has_gpu.cache_clear()
+
+
+def test_run_json_versions_without_tensorflow_package_metadata(monkeypatch):
+    """run.json's TensorFlow version: the loaded module's own, even when no distribution is
+    named "tensorflow" (tensorflow-cpu installs); from the package when it is not loaded."""
+    import importlib.metadata
+    import sys
+    import types
+
+    from qca_tf import predict
+
+    def version(name):
+        if name == "tensorflow-cpu":
+            return "9.9.9"
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    monkeypatch.setitem(sys.modules, "tensorflow", types.SimpleNamespace(__version__="9.9.8"))
+    assert predict.library_versions()["tensorflow"] == "9.9.8"
+    monkeypatch.delitem(sys.modules, "tensorflow")
+    assert predict.library_versions()["tensorflow"] == "9.9.9"
+
+
+def test_no_gpu_check_asks_tensorflow_on_wsl2_and_jetson(monkeypatch):
+    """A GPU TensorFlow can use under WSL2 shows as /dev/dxg, on a Jetson as /dev/nvhost-*,
+    not /dev/nvidia*: there TensorFlow is asked, not "no GPU" assumed (which would run
+    --engine auto on the CPU and drop --jit)."""
+    import sys
+    import types
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the device-file check is Linux only")
+    fake_tf = types.SimpleNamespace(config=types.SimpleNamespace(list_physical_devices=lambda kind: ["GPU:0"]))
+    monkeypatch.setitem(sys.modules, "tensorflow", fake_tf)
+    for device in ("/dev/dxg", "/dev/nvhost-ctrl-gpu"):
+        engines.has_gpu.cache_clear()
+        monkeypatch.setattr(engines.os.path, "exists", lambda p, device=device: p == device)
+        try:
+            assert engines.has_gpu() is True, device
+        finally:
+            engines.has_gpu.cache_clear()

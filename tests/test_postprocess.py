@@ -252,11 +252,12 @@ def test_fragments_do_not_count_as_components_for_the_warning(caplog):
 
 
 @pytest.mark.parametrize("empty, gap_um, joined", [(1, 1.6, True), (2, 1.6, True), (3, 1.6, False),
-                                                   (1, 0.0, False), (3, 2.4, False), (4, 3.2, True)])
+                                                   (1, 0.0, False), (4, 3.2, True), (1, 0.8, True), (1, 1.2, True),
+                                                   (2, 1.2, False), (3, 2.4, True), (4, 2.4, False)])
 def test_marker_gap_joins_fragments_up_to_the_gap(empty, gap_um, joined):
     """Two NDN fragments with ``empty`` background voxels (0.8 um each) between them along
-    x are one marker exactly when that gap (empty * 0.8 um) is at most ``gap_um`` (rounded
-    down to whole voxels on each side: 2.4 um joins 2 voxels, not 3)."""
+    x are one marker exactly when that gap (empty * 0.8 um) is at most ``gap_um``, odd
+    voxel counts included (1.2 um joins one voxel, 2.4 um three)."""
     ndn = np.zeros((7, 7, 20), bool)
     ndn[2:5, 2:5, 2:5] = True
     ndn[2:5, 2:5, 5 + empty:8 + empty] = True
@@ -273,14 +274,28 @@ def test_marker_gap_is_physical_on_anisotropic_grids():
     spacing = (2.0, 0.5, 0.5)
     assert markers_from_ndn(ndn, gap_um=1.6, spacing_zyx=spacing).max() == 2
     assert markers_from_ndn(ndn, gap_um=4.0, spacing_zyx=spacing).max() == 1
+    assert markers_from_ndn(ndn, gap_um=2.0, spacing_zyx=spacing).max() == 1  # exactly the one 2 um voxel
     with pytest.raises(InputError, match="gap_um"):
         markers_from_ndn(ndn, gap_um=-1.0)
+
+
+def test_default_marker_gap_acts_on_a_1_um_grid():
+    """The default gap (1.6 um) joins fragments one 1 um voxel apart on a 1 um grid (a model
+    trained on 1 um data), not only on the 0.8 um grid, and leaves two voxels (2 um) apart."""
+    for empty, joined in ((1, True), (2, False)):
+        ndn = np.zeros((7, 7, 20), bool)
+        ndn[2:5, 2:5, 2:5] = True
+        ndn[2:5, 2:5, 5 + empty:8 + empty] = True
+        markers = markers_from_ndn(ndn, gap_um=PostprocessConfig().marker_gap_um, spacing_zyx=(1.0, 1.0, 1.0))
+        assert markers.max() == (1 if joined else 2)
 
 
 def test_default_marker_gap_mends_a_cut_centre_and_keeps_touching_nuclei_apart():
     """On the 0.8 um grid: a nucleus whose NDN centre the threshold cuts in two (a dip of
     one voxel) is one nucleus with the default gap and two without it (the reference
-    rule); two touching nuclei of 3 um radius with the NDN's 4 um centre spheres stay two."""
+    rule). Two touching nuclei with the NDN's 4 um centre spheres stay two wherever they
+    lie on the grid when their radius is over 3.2 um ((4 + 1.6 + 0.8) / 2: the spheres'
+    voxels are then more than 1.6 um of background apart); at 3 um some positions join them."""
     sp = (0.8, 0.8, 0.8)
     shape = (16, 16, 30)
     one = _distance(shape, (6.0, 6.0, 10.0), sp) <= 5.0
@@ -293,12 +308,17 @@ def test_default_marker_gap_mends_a_cut_centre_and_keeps_touching_nuclei_apart()
     assert instances_from_probabilities(nsn, centre, gapless, sp).max() == 2
     assert instances_from_probabilities(nsn, centre, PostprocessConfig(), sp).max() == 1
 
-    da, db = _distance(shape, (6.0, 6.0, 6.0), sp), _distance(shape, (6.0, 6.0, 12.0), sp)
-    pair = ((da <= 3.0) | (db <= 3.0)).astype(np.float32) * 0.95  # touching: centres 6 um apart
-    centres = ((da <= 2.0) | (db <= 2.0)).astype(np.float32) * 0.9  # the NDN target: 4 um spheres
-    assert ndimage.label(pair > 0.5)[1] == 1
-    labels = instances_from_probabilities(pair, centres, PostprocessConfig(min_volume_um3=0), sp)
-    assert labels.max() == 2
+    def touching(radius, shift):
+        da = _distance(shape, (6.0, 6.0, 4.0 + shift), sp)
+        db = _distance(shape, (6.0, 6.0, 4.0 + shift + 2 * radius), sp)
+        pair = ((da <= radius + 0.5) | (db <= radius + 0.5)).astype(np.float32) * 0.95  # touching: one NSN blob
+        centres = ((da <= 2.0) | (db <= 2.0)).astype(np.float32) * 0.9  # the NDN target: 4 um spheres
+        assert ndimage.label(pair > 0.5)[1] == 1
+        return instances_from_probabilities(pair, centres, PostprocessConfig(min_volume_um3=0), sp).max()
+
+    shifts = np.arange(8) * 0.1  # every position of the pair on the 0.8 um grid, in 0.1 um steps
+    assert [touching(3.25, t) for t in shifts] == [2] * 8
+    assert 1 in [touching(3.0, t) for t in shifts]
 
 
 def test_marker_gap_never_joins_across_nsn_components():
