@@ -243,10 +243,11 @@ def check_compatible(model_cfg: ModelConfig, data_cfg: DataConfig) -> None:
 class PostprocessConfig:
     """Watershed parameters (reference defaults, plus ``marker_gap_um``). NDN components
     separated by at most ``marker_gap_um`` (um of background between them) are one marker:
-    the fragments a threshold cuts from one nuclear centre (1.6 um = 2 voxels of the 0.8 um
-    grid; centres of touching nuclei over 3.2 um in radius, drawn as the NDN's 4 um
-    spheres, are more than 1.6 um of background voxels apart; at 3 um some positions on the
-    grid join them); 0 keeps every component apart (the reference).
+    the fragments a threshold cuts from one nuclear centre (0.8 um = 1 voxel of the default
+    0.8 um grid; on a coarser grid it joins nothing unless raised to one voxel). Centres of
+    touching nuclei over 2.8 um in radius, drawn as the NDN's 4 um spheres, are more than
+    0.8 um of background voxels apart wherever they lie on the 0.8 um grid; 0 keeps every
+    component apart (the reference).
     ``min_marker_size`` is in voxels of the network grid; markers smaller than it are
     dropped. ``min_volume_um3``:
     instances smaller than this (um^3, after the watershed) are fragments, not nuclei,
@@ -257,7 +258,7 @@ class PostprocessConfig:
     ndn_threshold: float = 0.5
     min_marker_size: int = 0
     min_volume_um3: float = 20.0
-    marker_gap_um: float = 1.6
+    marker_gap_um: float = 0.8
 
     def __post_init__(self) -> None:
         s = "postprocess"

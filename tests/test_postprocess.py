@@ -279,46 +279,54 @@ def test_marker_gap_is_physical_on_anisotropic_grids():
         markers_from_ndn(ndn, gap_um=-1.0)
 
 
-def test_default_marker_gap_acts_on_a_1_um_grid():
-    """The default gap (1.6 um) joins fragments one 1 um voxel apart on a 1 um grid (a model
-    trained on 1 um data), not only on the 0.8 um grid, and leaves two voxels (2 um) apart."""
-    for empty, joined in ((1, True), (2, False)):
+def test_marker_gap_is_physical_across_grids():
+    """The default gap (0.8 um) joins fragments one voxel apart on the 0.8 um grid, not two;
+    on a 1 um grid (a model trained on 1 um data) a one-voxel gap is 1 um: joined by a gap of
+    1 um, not by the default."""
+    for spacing, gap, empty, joined in ((0.8, PostprocessConfig().marker_gap_um, 1, True),
+                                        (0.8, PostprocessConfig().marker_gap_um, 2, False),
+                                        (1.0, PostprocessConfig().marker_gap_um, 1, False),
+                                        (1.0, 1.0, 1, True), (1.0, 1.0, 2, False)):
         ndn = np.zeros((7, 7, 20), bool)
         ndn[2:5, 2:5, 2:5] = True
         ndn[2:5, 2:5, 5 + empty:8 + empty] = True
-        markers = markers_from_ndn(ndn, gap_um=PostprocessConfig().marker_gap_um, spacing_zyx=(1.0, 1.0, 1.0))
-        assert markers.max() == (1 if joined else 2)
+        markers = markers_from_ndn(ndn, gap_um=gap, spacing_zyx=(spacing,) * 3)
+        assert markers.max() == (1 if joined else 2), (spacing, gap, empty)
 
 
 def test_default_marker_gap_mends_a_cut_centre_and_keeps_touching_nuclei_apart():
     """On the 0.8 um grid: a nucleus whose NDN centre the threshold cuts in two (a dip of
     one voxel) is one nucleus with the default gap and two without it (the reference
     rule). Two touching nuclei with the NDN's 4 um centre spheres stay two wherever they
-    lie on the grid when their radius is over 3.2 um ((4 + 1.6 + 0.8) / 2: the spheres'
-    voxels are then more than 1.6 um of background apart); at 3 um some positions join them."""
+    lie on the grid when their radius is over 2.8 um ((4 + 0.8 + 0.8) / 2: the spheres'
+    voxels are then more than 0.8 um of background apart); at 2.5 um some positions join
+    them, and a gap of 1.6 um joins some pairs of 3 um."""
     sp = (0.8, 0.8, 0.8)
     shape = (16, 16, 30)
     one = _distance(shape, (6.0, 6.0, 10.0), sp) <= 5.0
     centre = np.zeros(shape, np.float32)
-    centre[(_distance(shape, (6.0, 6.0, 8.4), sp) <= 1.2) | (_distance(shape, (6.0, 6.0, 11.6), sp) <= 1.2)] = 0.9
-    centre[7:9, 7:9, 13] = 0.4  # the dip between the two halves of the centre
+    centre[(_distance(shape, (6.0, 6.0, 8.4), sp) <= 1.2) | (_distance(shape, (6.0, 6.0, 10.8), sp) <= 1.2)] = 0.9
+    centre[7:9, 7:9, 12] = 0.4  # the dip (x = 9.6 um, one voxel) between the two halves of the centre
+    assert ndimage.label(centre > 0.5)[1] == 2
     nsn = one.astype(np.float32) * 0.95
     gapless = dataclasses.replace(PostprocessConfig(), marker_gap_um=0.0)
-    assert PostprocessConfig().marker_gap_um == 1.6
+    assert PostprocessConfig().marker_gap_um == 0.8
     assert instances_from_probabilities(nsn, centre, gapless, sp).max() == 2
     assert instances_from_probabilities(nsn, centre, PostprocessConfig(), sp).max() == 1
 
-    def touching(radius, shift):
+    def touching(radius, shift, gap=PostprocessConfig().marker_gap_um):
         da = _distance(shape, (6.0, 6.0, 4.0 + shift), sp)
         db = _distance(shape, (6.0, 6.0, 4.0 + shift + 2 * radius), sp)
         pair = ((da <= radius + 0.5) | (db <= radius + 0.5)).astype(np.float32) * 0.95  # touching: one NSN blob
         centres = ((da <= 2.0) | (db <= 2.0)).astype(np.float32) * 0.9  # the NDN target: 4 um spheres
         assert ndimage.label(pair > 0.5)[1] == 1
-        return instances_from_probabilities(pair, centres, PostprocessConfig(min_volume_um3=0), sp).max()
+        post = PostprocessConfig(min_volume_um3=0, marker_gap_um=gap)
+        return instances_from_probabilities(pair, centres, post, sp).max()
 
     shifts = np.arange(8) * 0.1  # every position of the pair on the 0.8 um grid, in 0.1 um steps
-    assert [touching(3.25, t) for t in shifts] == [2] * 8
-    assert 1 in [touching(3.0, t) for t in shifts]
+    assert [touching(2.85, t) for t in shifts] == [2] * 8
+    assert 1 in [touching(2.5, t) for t in shifts]
+    assert 1 in [touching(3.0, t, gap=1.6) for t in shifts]
 
 
 def test_marker_gap_never_joins_across_nsn_components():

@@ -71,7 +71,7 @@ def test_min_volume_option(predicted, trained_bundle, synth_dataset, tmp_path):
     bundle, _ = trained_bundle
     root, _ = synth_dataset
     recorded = json.loads((out / "run.json").read_text())["postprocess"]
-    assert recorded["min_volume_um3"] == 20.0 and recorded["marker_gap_um"] == 1.6
+    assert recorded["min_volume_um3"] == 20.0 and recorded["marker_gap_um"] == 0.8
     volumes = sorted(float(r["volume_um3"]) for r in csv.DictReader(open(out / "nuclei.csv")) if r["name"] == "t0000")
     assert len(volumes) >= 3 and volumes[0] >= 20.0
     gap = int(np.argmax(np.diff(volumes)))  # a threshold in the widest gap: resampling cannot move a nucleus across

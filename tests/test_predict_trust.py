@@ -68,7 +68,7 @@ def test_rerun_with_other_threshold_model_or_input_is_refused(two, trained_bundl
     one_line_error(invoke("-q", "predict", images, "--model", bundle, "--out", out, "--nsn-threshold", 0.3, *QUIET),
                    "t0000 was made with --nsn-threshold 0.5 (now 0.3)", "--overwrite")
     one_line_error(invoke("-q", "predict", images, "--model", bundle, "--out", out, "--marker-gap", 0, *QUIET),
-                   "t0000 was made with --marker-gap 1.6 (now 0.0)", "--overwrite")
+                   "t0000 was made with --marker-gap 0.8 (now 0.0)", "--overwrite")
     # another model: same files but the NDN's config differs by one byte
     other = tmp_path / "bundle"
     shutil.copytree(bundle, other)
