@@ -116,7 +116,10 @@ def difference(recorded: dict, identity: dict, source: dict) -> str | None:
     old_post = old_run.get("postprocess") or {}
     for key, new in identity["postprocess"].items():
         if old_post.get(key) != new:
-            return f"with {_POST_KEYS_TO_FLAGS.get(key, key)} {old_post.get(key)} (now {new})"
+            flag = _POST_KEYS_TO_FLAGS.get(key, key)
+            if key not in old_post:
+                return f"before {flag} existed (by an older qca_tf; now {flag} {new})"
+            return f"with {flag} {old_post.get(key)} (now {new})"
     for key, new in identity["inference"].items():
         old = (old_run.get("inference") or {}).get(key)
         if old != new:

@@ -278,3 +278,17 @@ def test_claim_from_another_host_is_respected_and_named(two, trained_bundle, tmp
     res = invoke("predict", images, "--model", bundle, "--out", out, *QUIET)
     assert res.exit_code == 0 and "skipped 1 finished" in res.output, res.output
     assert _names(out) == ["t0000", "t0001"]
+
+
+def test_record_from_before_a_parameter_existed_says_so():
+    """A time point made by an older qca_tf, whose record lacks a post-processing parameter
+    added since, is refused with words that say so, not 'with --marker-gap None'."""
+    from qca_tf import resume
+
+    post = {"nsn_threshold": 0.5, "ndn_threshold": 0.5, "min_marker_size": 0, "min_volume_um3": 20.0}
+    identity = {"models": {"nsn": "a" * 64, "ndn": "b" * 64}, "postprocess": {**post, "marker_gap_um": 0.8},
+                "inference": {}, "qca_tf_version": "0.1.0"}
+    recorded = {"run": {"models": {"nsn": "a" * 64, "ndn": "b" * 64}, "postprocess": post, "inference": {},
+                        "qca_tf_version": "0.1.0"}, "input": {}}
+    message = resume.difference(recorded, identity, {"path": "x.tif"})
+    assert message == "before --marker-gap existed (by an older qca_tf; now --marker-gap 0.8)"
