@@ -125,7 +125,8 @@ def make_volumes(specks: int, seed: int):
 
 def process(raw, nsn_prob, ndn_prob, out: Path, variant: str) -> dict[str, float]:
     """Seconds per step of one time point; the number of objects written under 'objects'."""
-    cfg = PostprocessConfig(min_volume_um3=0.0) if variant != "after (default)" else PostprocessConfig()
+    cfg = {"before": PostprocessConfig(min_volume_um3=0.0, marker_gap_um=0.0),  # the reference rule, as then
+           "after, --min-volume 0": PostprocessConfig(min_volume_um3=0.0)}.get(variant, PostprocessConfig())
     times = {}
     t = time.perf_counter()
     labels = postprocess.instances_from_probabilities(nsn_prob, ndn_prob, cfg, (SPACING,) * 3)
