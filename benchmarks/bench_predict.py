@@ -288,14 +288,6 @@ def reference_predict(forward: Any, volume: np.ndarray, max_patches: int | None 
     softmax). With ``max_patches``, stops after that many patches and returns (None, n)."""
     from qca_tf.preprocess import mirror_pad
 
-    raw, source, voxel = load_volume(args)
-    given = {"nsn": args.nsn, "ndn": args.ndn}
-    loaded_given = {task: load_model_folder(folder) for task, folder in given.items() if folder}
-    spacing = next(iter(loaded_given.values())).spacing_um if loaded_given else SPACING_UM
-    volume = preprocess.to_network_grid(raw, voxel, spacing)
-    log.info("volume %s -> network grid %s (spacing %.3g um)", raw.shape, volume.shape, spacing)
-    result: dict[str, Any] = {"source": source, "voxel_size_xyz_um": list(args.voxel_size), "spacing_um": spacing,
-                              "grid_shape": list(volume.shape), "networks": {}}
     pads, steps = reference_plan(volume.shape)
     padded = mirror_pad(volume.astype(np.float32, copy=False), pads)
     out = np.empty([REF_STRIDE * s for s in steps], np.float32)

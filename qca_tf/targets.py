@@ -11,7 +11,6 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .errors import InputError
 from .labels import centroids  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)

@@ -32,7 +32,7 @@ from .atomic import atomic_path, writable_folder
 from .config import (DataConfig, ModelConfig, TrainConfig, check_compatible, flag_for, read_json, to_dict,
                      write_json_atomic)
 from .data import VolumeSpec, check_volume, training_dataset, validation_dataset
-from .errors import ConfigError, InputError, OutputError
+from .errors import ConfigError, InputError
 from .finetune import InitialModel, load_initial_weights
 from .infer import resolve_precision
 from .models import build_unet

@@ -29,7 +29,7 @@ from optuna.trial import TrialState
 
 from qca_tf import __version__
 from qca_tf.atomic import writable_folder
-from qca_tf.errors import ConfigError, InputError, OutputError
+from qca_tf.errors import ConfigError, InputError
 
 from . import settings as st
 from .space import SearchSpace, preset_params, task_of
