@@ -211,7 +211,7 @@ def test_cached_openvino_model_runs_without_tensorflow(trained_bundle, synth_dat
         for run in ("first", "second"):
             res = subprocess.run([sys.executable, "-c", _NO_TF_RUN, "predict", str(image), "--model", str(bundle),
                                   "--out", str(tmp_path / run), "--engine", "openvino", "--no-quicklook"],
-                                 capture_output=True, text=True, env=env)
+                                 capture_output=True, text=True, env=env, cwd=tmp_path)
             assert res.returncode == 0, res.stderr
             loaded.append("TENSORFLOW_LOADED True" in res.stderr)
         assert loaded == [True, False]  # the first run converts (Keras), the second reads the cache only

@@ -124,7 +124,7 @@ def test_tiny_training_search_end_to_end(synth_dataset, tmp_path):
     assert cfg["model"]["depth"] == best["model"]["depth"] and cfg["train"]["adam_alpha"] == best["train"]["adam_alpha"]
 
 
-def test_optuna_messages_go_through_logging_not_the_terminal():
+def test_optuna_messages_go_through_logging_not_the_terminal(tmp_path):
     """Optuna's own "[I 2026-...] A new study created" lines never reach the terminal; its
     warnings reach the command's logging once, in its format (a fresh process: optuna's
     handler holds the stderr of the moment it was made)."""
@@ -137,6 +137,10 @@ def test_optuna_messages_go_through_logging_not_the_terminal():
             "st.route_optuna_logs()\n"
             "optuna.create_study(study_name='quiet')\n"
             "optuna.logging.get_logger('optuna.test').warning('a warning from optuna')\n")
-    err = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stderr
+    # run outside the checkout: there `import qca_tf` would find the source folder, which
+    # lacks the qca_tf.search subpackage that installing maps from search/
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    err = res.stderr
     assert "A new study created" not in err
     assert [ln for ln in err.splitlines() if "a warning from optuna" in ln] == ["LOG WARNING a warning from optuna"]
