@@ -54,8 +54,9 @@ def flag_message(message: str, typed: list[str]) -> str:
 
 
 class QcaGroup(click.Group):
-    """Turns library errors into one-line messages instead of tracebacks; a config
-    check failing on a flag the user typed names that flag, not the internal key."""
+    """Turns library errors and bad flags into one-line messages instead of tracebacks
+    or usage blocks; a config check failing on a flag the user typed names that flag,
+    not the internal key."""
 
     def invoke(self, ctx: click.Context):
         # the arguments after the group's own (click 8 keeps the command name apart)
@@ -66,6 +67,23 @@ class QcaGroup(click.Group):
             raise click.ClickException(flag_message(str(exc), typed)) from None
         except KeyboardInterrupt:
             raise click.ClickException("interrupted; run the same command again to resume") from None
+        except click.UsageError as exc:
+            raise _one_line(exc) from None
+
+    def make_context(self, *args, **kwargs) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.UsageError as exc:  # a bad option of the group itself (qca-tf --bogus)
+            raise _one_line(exc) from None
+
+
+def _one_line(exc: click.UsageError) -> click.UsageError:
+    """A bad flag or argument as one ``Error:`` line, like every other mistake: the help
+    pointer goes into the line instead of click's usage block above it (exit code 2)."""
+    message = " ".join(exc.format_message().split())
+    if exc.ctx is not None:
+        message = f"{message} (see '{exc.ctx.command_path} --help')"
+    return click.UsageError(message)
 
 
 def _setup_logging(verbose: int, quiet: bool) -> None:

@@ -11,9 +11,10 @@ def invoke(*args):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
-def one_line_error(result, *fragments):
-    """The command failed with exit 1 and exactly one ``Error: ...`` line holding ``fragments``."""
-    assert result.exit_code == 1, result.output
+def one_line_error(result, *fragments, exit_code: int = 1):
+    """The command failed with ``exit_code`` (1; click's usage errors 2) and exactly one
+    ``Error: ...`` line holding ``fragments``."""
+    assert result.exit_code == exit_code, result.output
     lines = [ln for ln in result.output.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
     for f in fragments:

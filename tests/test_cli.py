@@ -92,6 +92,20 @@ def test_missing_voxel_size(bad_dataset, tmp_path):
     one_line_error(invoke("train", "nsn", "--data", bad_dataset, "--out", tmp_path / "m"), "t0000.tif", "--voxel-size")
 
 
+@pytest.mark.parametrize("args, fragments", [
+    (["predict", "x.tif", "--out", "o", "--marker-gap", "-1"], ["'--marker-gap'", "x>=0", "predict --help'"]),
+    (["predct"], ["No such command 'predct'", "Did you mean 'predict'?", "--help'"]),
+    (["train", "nsn", "--out", "m"], ["Missing option '--data'", "train --help'"]),
+    (["--bogus"], ["No such option '--bogus'", "--help'"]),
+])
+def test_usage_errors_are_one_line(args, fragments, tmp_path, monkeypatch):
+    """A mistyped flag, command or value: one Error: line with the help pointer in it (no
+    usage block), exit code 2 as click gives, nothing written."""
+    monkeypatch.chdir(tmp_path)
+    one_line_error(invoke(*args), *fragments, exit_code=2)
+    assert not any(tmp_path.iterdir())
+
+
 def test_invalid_option_value_named(synth_dataset, tmp_path):
     root, _ = synth_dataset
     one_line_error(invoke("train", "nsn", "--data", root, "--out", tmp_path / "m", "--lr-decay", 3),
