@@ -492,7 +492,7 @@ def predict(inputs, out_dir: Path, bundle, nsn, ndn, voxel_size, channels, nsn_t
                           default_channels=recorded_channel(nets.nsn.info, nets.nsn.model_cfg), pipelined=not sequential,
                           progress=_progress())
     run = predict_series(list(inputs), out_dir, nets, infer_cfg, opts)
-    counts = ", ".join(f"{r['name']}: {r['count']}" for r in run.summary_rows[:10])
+    counts = ", ".join(f"{r['name']}: {r['count']}" for r in run.summary_rows[:10]) or "none"
     more = " ..." if len(run.summary_rows) > 10 else ""
     click.echo(f"segmented {len(run.processed)} time point(s), skipped {len(run.skipped)} finished; "
                f"nuclei per time point: {counts}{more}")
