@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Callable
 
 import optuna
-from optuna.trial import TrialState
 
 from qca_tf.atomic import atomic_path
 from qca_tf.config import to_dict, write_json_atomic
@@ -44,25 +43,28 @@ def write_trials_csv(study: optuna.Study, path: Path, params: list[str], *, metr
 
 
 def top_table(study: optuna.Study, n: int = 5) -> str:
-    done = sorted((t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE),
-                  key=lambda t: -t.value)[:n]
+    from .worker import ranked_complete
+
+    done = ranked_complete(study)[:n]
     if not done:
         return "no completed trial"
-    lines = [f"{'rank':>4} {'trial':>5} {'value':>7}  parameters"]
+    ties = any("tiebreak" in t.user_attrs for t in done)  # NDN: centre-mask Dice breaks ties of F
+    lines = [f"{'rank':>4} {'trial':>5} {'value':>7}{'  tie-break' if ties else ''}  parameters"]
     for rank, t in enumerate(done, 1):
         ps = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items())
-        lines.append(f"{rank:>4} {t.number:>5} {t.value:>7.4f}  {ps}")
+        tie = f"  {float(t.user_attrs.get('tiebreak') or 0.0):>9.4f}" if ties else ""
+        lines.append(f"{rank:>4} {t.number:>5} {t.value:>7.4f}{tie}  {ps}")
     return "\n".join(lines)
 
 
 def write_best(study: optuna.Study, cfg: st.SearchSettings, out: Path) -> Path | None:
     """OUT/best_params.json and OUT/best/ (the best trial's model folder + savedmodel/)."""
-    from .worker import _base_train
+    from .worker import _base_train, ranked_complete
 
-    complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    complete = ranked_complete(study)
     if not complete:
         return None
-    best = max(complete, key=lambda t: t.value)
+    best = complete[0]
     model_cfg, train_cfg = configs_for(cfg.network, best.params, _base_train(cfg))
     write_json_atomic(out / "best_params.json", {
         "network": cfg.network, "trial": best.number, "value": best.value,
@@ -122,7 +124,8 @@ def write_plots(study: optuna.Study, out: Path) -> list[Path]:
 def write_outputs(study: optuna.Study, cfg: st.SearchSettings, space: SearchSpace,
                   echo: Callable[[str], None]) -> None:
     out = Path(cfg.out)
-    write_trials_csv(study, out / "trials.csv", [p.name for p in space.params])
+    write_trials_csv(study, out / "trials.csv", [p.name for p in space.params],
+                     metrics=("tiebreak",) if cfg.network == "ndn" else ())
     best = write_best(study, cfg, out)
     write_plots(study, out)
     echo(top_table(study))

@@ -47,6 +47,7 @@ class Outcome:
     value: float | None = None
     epochs: list[float] | None = None
     reason: str | None = None
+    tiebreak: float | None = None  # the best epoch's tie-break score (NDN: centre-mask Dice)
 
 
 class TrialPruned(Exception):
@@ -106,7 +107,7 @@ class TrainingObjective:
         import keras
         import tensorflow as tf
 
-        from qca_tf.train import fit
+        from qca_tf.train import best_row, fit
 
         model_cfg, train_cfg = configs_for(self.cfg.network, params, self.base)
         report = pruning_callback(trial, train_cfg.metric_name)
@@ -119,10 +120,11 @@ class TrainingObjective:
             gc.collect()
         if report.nan_at is not None:
             return Outcome("FAIL", epochs=report.values, reason=f"NaN loss at epoch {report.nan_at}")
+        tie = float(res.history[best_row(res.history)].get("tiebreak") or 0.0) if res.history else None
         if report.pruned_at is not None:
             return Outcome("PRUNED", value=res.best_metric, epochs=report.values,
-                           reason=f"{self.cfg.pruner} pruner at epoch {report.pruned_at}")
-        return Outcome("COMPLETE", value=res.best_metric, epochs=report.values)
+                           reason=f"{self.cfg.pruner} pruner at epoch {report.pruned_at}", tiebreak=tie)
+        return Outcome("COMPLETE", value=res.best_metric, epochs=report.values, tiebreak=tie)
 
 
 def load_objective(cfg: st.SearchSettings) -> Callable:
@@ -190,6 +192,8 @@ def _record(trial, outcome: Outcome, seconds: float) -> None:
         trial.set_user_attr("fail_reason" if outcome.state == "FAIL" else "prune_reason", outcome.reason)
     if outcome.value is not None:
         trial.set_user_attr("best_value", outcome.value)
+    if outcome.tiebreak is not None:
+        trial.set_user_attr("tiebreak", outcome.tiebreak)
 
 
 def run_trial(trial, cfg: st.SearchSettings, space: SearchSpace, objective: Callable, out: Path) -> Outcome:
@@ -233,10 +237,23 @@ def tell(study: optuna.Study, trial, outcome: Outcome) -> None:
         study.tell(trial, state=TrialState.FAIL)
 
 
+def rank_key(t: optuna.trial.FrozenTrial) -> tuple[float, float, int]:
+    """Order of finished trials, best first when sorted descending: the value, then its
+    tie-break (NDN: the best epoch's centre-mask Dice, so that among trials at detection F
+    1.0 the one whose centres match best wins; 0 when not recorded), then the earlier trial."""
+    return t.value, float(t.user_attrs.get("tiebreak") or 0.0), -t.number
+
+
+def ranked_complete(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The COMPLETE trials, best first (:func:`rank_key`)."""
+    return sorted((t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE),
+                  key=rank_key, reverse=True)
+
+
 def keep_best(study: optuna.Study, out: Path, keep: int) -> None:
     """Delete the weights of finished trials outside the best ``keep`` (their epoch log stays)."""
     done = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
-    ranked = sorted((t for t in done if t.state == TrialState.COMPLETE), key=lambda t: -t.value)
+    ranked = ranked_complete(study)
     keepers = {t.number for t in ranked[:keep]}
     for t in done:
         folder = out / "trials" / f"{t.number:04d}"

@@ -144,3 +144,49 @@ def test_optuna_messages_go_through_logging_not_the_terminal(tmp_path):
     err = res.stderr
     assert "A new study created" not in err
     assert [ln for ln in err.splitlines() if "a warning from optuna" in ln] == ["LOG WARNING a warning from optuna"]
+
+
+def test_ties_of_the_value_are_broken_by_the_recorded_tiebreak(tmp_path):
+    """NDN trials often tie at detection F 1.0 on small validation sets: the best trial (best/,
+    best_params.json, the top table, the weights kept on disk) is then the one whose best
+    epoch matched the centre masks best, not simply the first to reach 1.0."""
+    import optuna
+
+    from qca_tf.search.outputs import top_table
+    from qca_tf.search.worker import keep_best, ranked_complete
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize")
+    dist = {"depth": optuna.distributions.IntDistribution(1, 3)}
+    for value, attrs in ((1.0, {"tiebreak": 0.3}), (1.0, {"tiebreak": 0.7}), (0.9, {"tiebreak": 0.95}),
+                         (1.0, {})):
+        study.add_trial(optuna.trial.create_trial(value=value, params={"depth": 1}, distributions=dist,
+                                                  user_attrs=attrs))
+    assert [t.number for t in ranked_complete(study)] == [1, 0, 3, 2]
+    rows = [ln.split() for ln in top_table(study).splitlines()[1:]]
+    assert [r[1] for r in rows] == ["1", "0", "3", "2"] and rows[0][3] == "0.7000"
+    for n in range(4):
+        (tmp_path / "trials" / f"{n:04d}").mkdir(parents=True)
+        (tmp_path / "trials" / f"{n:04d}" / "model.keras").write_text("")
+    keep_best(study, tmp_path, keep=1)
+    assert [(tmp_path / "trials" / f"{n:04d}" / "model.keras").exists() for n in range(4)] == [False, True, False, False]
+
+
+def test_ndn_trial_records_the_best_epochs_tiebreak(synth_dataset, tmp_path):
+    """The training objective of an NDN search returns the centre-mask Dice of the epoch it
+    reports as best (the tie-break of qca_tf.train.best_row), read back from epochs.csv."""
+    from qca_tf.search import settings as st
+    from qca_tf.search.worker import TrainingObjective
+    from qca_tf.train import best_row
+
+    root, _ = synth_dataset
+    cfg = st.SearchSettings(network="ndn", out=str(tmp_path), data=str(root), trials=1, study="t", epochs=2,
+                            patch=(16, 16, 16), crops_per_volume=1, seed=3)
+    params = {"depth": 1, "init_channels": 2, "kernel_size": 3, "weight_decay": 0.0, "optimizer": "adam",
+              "adam_alpha": 1e-3, "adam_beta1": 0.9, "adam_beta2": 0.999, "adam_epsilon": 1e-8}
+    outcome = TrainingObjective(cfg)(_FakeTrial(), params, tmp_path / "trial")
+    rows = list(csv.DictReader(open(tmp_path / "trial" / "epochs.csv")))
+    best = rows[best_row(rows)]
+    assert outcome.state == "COMPLETE" and outcome.value == pytest.approx(float(best["metric"]), abs=1e-6)
+    assert outcome.tiebreak == pytest.approx(float(best["tiebreak"]), abs=1e-6)
+    assert 0.0 <= outcome.tiebreak <= 1.0
