@@ -13,9 +13,11 @@ real kinds of shift (the dimmed copy and the training part as a simulated later 
 another noise seed), on which the networks and the NSN threshold are chosen.
 Options change the training folder only (validation and test stay
 fixed): ``--real-copies N`` samples the real part N times as often, ``--soft-edge LOW
-HIGH`` gives the synthetic training nuclei the real annotation's soft intensity edge.
+HIGH`` gives the synthetic training nuclei the real annotation's soft intensity edge,
+``--late-synth N`` adds N synthetic later-stage embryos (16 smaller nuclei) to train/
+(and one, another seed, to val_real/, so that the choice sees small nuclei too).
 
-    python benchmarks/embryo_small_data.py OUT [--real DIR] [--real-copies N] [--soft-edge LOW HIGH]
+    python benchmarks/embryo_small_data.py OUT [--real DIR] [--real-copies N] [--soft-edge LOW HIGH] [--late-synth N]
 
 writes OUT/train, OUT/val, OUT/train_real, OUT/val_finetune, OUT/val_real, OUT/test (images/ nsn/ ndn/ labels/ each; test has labels only
 besides images) with ImageJ voxel sizes 0.8 x 0.8 x 1.75 um.
@@ -104,6 +106,16 @@ def synthetic_embryos(root: Path, seed: int, timepoints: int, prefix: str,
         write(root, f"{prefix}_t{t}.tif", image, frame.labels, frame.ndn)
 
 
+def late_synthetic_embryo(root: Path, seed: int, name: str) -> None:
+    """A synthetic later-stage embryo: 16 nuclei of radius 3.5-5.5 um (a 16-cell embryo's
+    nuclei are smaller than an 8-cell one's), 4 touching pairs, a polar body."""
+    cfg = synthetic.SynthConfig(shape=(48, 112, 112), voxel_size=(VOXEL.x, VOXEL.y, VOXEL.z), n_nuclei=16,
+                                radius_um=(3.5, 5.5), touching_pairs=4, polar_bodies=1, timepoints=1,
+                                division_interval=0, seed=seed)
+    frame = synthetic.make_series(cfg)[0]
+    write(root, name, frame.image, frame.labels, frame.ndn)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("out", type=Path)
@@ -113,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--soft-edge", type=float, nargs=2, metavar=("LOW", "HIGH"),
                     help="training synthetic nuclei fall to this fraction of their signal at the mask edge "
                          "(drawn per nucleus); default: flat nuclei as qca_tf.synthetic makes them")
+    ap.add_argument("--late-synth", type=int, default=0, metavar="N",
+                    help="N synthetic later-stage embryos (16 smaller nuclei) in train/, and one more in val_real/")
     a = ap.parse_args(argv)
     image = io.read_stack(a.real / "image.tif")
     labels, n = ndimage.label(io.read_stack(a.real / "nsn_gt.tif") > 0)
@@ -127,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     edge = tuple(a.soft_edge) if a.soft_edge else None
     synthetic_embryos(a.out / "train", seed=1, timepoints=4, prefix="synth1", edge=edge)
     synthetic_embryos(a.out / "train", seed=2, timepoints=2, prefix="synth2", edge=edge)
+    for k in range(a.late_synth):
+        late_synthetic_embryo(a.out / "train", seed=11 + k, name=f"synth_late{11 + k}.tif")
     write(a.out / "val", "real_left_dim.tif", dimmed(image[left], 5), labels[left], ndn[left])
     synthetic_embryos(a.out / "val", seed=3, timepoints=1, prefix="synth3")
     write(a.out / "train_real", "real_left.tif", image[left], labels[left], ndn[left])
@@ -134,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     write(a.out / "val_real", "real_left_dim.tif", dimmed(image[left], 5), labels[left], ndn[left])
     left_late, left_late_lab = later_stage(image[left], labels[left], seed=8)
     write(a.out / "val_real", "real_left_late.tif", left_late, left_late_lab, None)
+    if a.late_synth:
+        late_synthetic_embryo(a.out / "val_real", seed=30, name="synth_late30.tif")
     test_lab, _ = ndimage.label(labels[right] > 0)
     write(a.out / "test", "real_right.tif", image[right], test_lab, None)
     late_im, late_lab = later_stage(image[right], test_lab, seed=7)

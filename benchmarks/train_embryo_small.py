@@ -43,8 +43,8 @@ NDN_EXTRA = ["--crops-per-volume", "4"]
 #: same). The shipped model (run a1) used none. Run b (NSN: "--real-copies", "4",
 #: "--soft-edge", "0.12", "0.25" with crops per volume 3) scored lower on validation; see
 #: docs/BENCHMARKS.md.
-NSN_DATA: list[str] = []
-NDN_DATA: list[str] = []
+NSN_DATA: list[str] = ["--late-synth", "2"]
+NDN_DATA: list[str] = ["--late-synth", "2"]
 #: Stage 2: fine-tuning on the real training part (qca-tf train --init).
 FINETUNE = ["--patch", "48", "--optimizer", "adam", "--adam-alpha", "0.0005", "--epochs", "8", "--seed", "0"]
 #: NSN thresholds scored on val_real/ (never on the test).
