@@ -27,6 +27,7 @@ import optuna
 from optuna.trial import TrialState
 
 from qca_tf.errors import QcaError
+from qca_tf.modelio import KERAS_NAME, WEIGHTS_NAME
 
 from . import settings as st
 from .space import SearchSpace, configs_for, infeasible_reason
@@ -251,16 +252,18 @@ def ranked_complete(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 
 
 def keep_best(study: optuna.Study, out: Path, keep: int) -> None:
-    """Delete the weights of finished trials outside the best ``keep`` (their epoch log stays)."""
+    """Delete the weights of finished trials outside the best ``keep`` (their epoch log and
+    config stay)."""
     done = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
     ranked = ranked_complete(study)
     keepers = {t.number for t in ranked[:keep]}
     for t in done:
         folder = out / "trials" / f"{t.number:04d}"
-        if t.number not in keepers and (folder / "model.keras").exists():
-            for name in ("model.keras", ".resume"):
-                p = folder / name
-                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        if t.number in keepers:
+            continue
+        for name in (WEIGHTS_NAME, KERAS_NAME, ".resume"):  # weights (format 2, or 1) and resume state
+            p = folder / name
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
 
 def run_worker(cfg: st.SearchSettings, index: int, storage_url: str | None,

@@ -99,11 +99,15 @@ def test_tiny_training_search_end_to_end(synth_dataset, tmp_path):
                                  "optimizer": "adam", "adam_alpha": [1e-3, 5e-3]}))
     out = tmp_path / "s"
     args = ["search", "nsn", "--data", root, "--out", out, "--trials", 3, "--epochs", 2, "--patch", 16,
-            "--space", space, "--seed", 1]
+            "--space", space, "--seed", 1, "--keep", 1]
     res = invoke(*args)
     assert res.exit_code == 0, res.output
     rows = list(csv.DictReader(open(out / "trials.csv")))
     assert len(rows) == 3 and {r["state"] for r in rows} <= {"COMPLETE", "PRUNED"}
+    # --keep 1: only the best trial keeps its weights on disk; every trial keeps its epoch log
+    assert [p.parent.name for p in (out / "trials").glob("*/weights.h5")] == [
+        f"{json.loads((out / 'best_params.json').read_text())['trial']:04d}"]
+    assert len(list((out / "trials").glob("*/epochs.csv"))) == 3
     assert sum(ln.startswith("trial ") for ln in res.output.splitlines()) == 3
     assert "rank trial" in res.output
     best = json.loads((out / "best_params.json").read_text())
@@ -167,9 +171,11 @@ def test_ties_of_the_value_are_broken_by_the_recorded_tiebreak(tmp_path):
     assert [r[1] for r in rows] == ["1", "0", "3", "2"] and rows[0][3] == "0.7000"
     for n in range(4):
         (tmp_path / "trials" / f"{n:04d}").mkdir(parents=True)
-        (tmp_path / "trials" / f"{n:04d}" / "model.keras").write_text("")
+        for name in ("weights.h5", "epochs.csv"):
+            (tmp_path / "trials" / f"{n:04d}" / name).write_text("")
     keep_best(study, tmp_path, keep=1)
-    assert [(tmp_path / "trials" / f"{n:04d}" / "model.keras").exists() for n in range(4)] == [False, True, False, False]
+    assert [(tmp_path / "trials" / f"{n:04d}" / "weights.h5").exists() for n in range(4)] == [False, True, False, False]
+    assert all((tmp_path / "trials" / f"{n:04d}" / "epochs.csv").exists() for n in range(4))
 
 
 def test_ndn_trial_records_the_best_epochs_tiebreak(synth_dataset, tmp_path):
