@@ -190,10 +190,15 @@ def augment_rot90(image: tf.Tensor, target: tf.Tensor, s: tf.Tensor) -> tuple[tf
     def rot(v):  # one 90-degree turn in (y, x): transpose then flip x (a channel axis stays last)
         return tf.reverse(tf.transpose(v, [0, 2, 1, *range(3, v.shape.rank)]), [2])
 
+    # the target turns as float32 (exact for 0..255): TensorFlow's oneDNN transpose writes an
+    # "oneDNN supports DT_UINT8 only on platforms with AVX-512" error line to the terminal
+    # for integer tensors on some CPUs (seen on an AVX-512 EPYC)
+    dtype = target.dtype
+    target = tf.cast(target, tf.float32)
     for i in range(1, 4):
         image = tf.cond(k >= i, lambda v=image: rot(v), lambda v=image: v)
         target = tf.cond(k >= i, lambda v=target: rot(v), lambda v=target: v)
-    return image, target
+    return image, tf.cast(target, dtype)
 
 
 #: Intensity augmentation ranges (image in [0, 1] after normalisation).

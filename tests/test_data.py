@@ -136,6 +136,27 @@ def test_rot90_turns_image_and_mask_together_in_xy_only(tmp_path):
     assert {g[2] for g in grads} == {True, False}
 
 
+def test_rot90_of_the_uint8_target_writes_nothing_to_the_terminal(tmp_path):
+    """TensorFlow's oneDNN transpose writes "oneDNN supports DT_UINT8 only on platforms with
+    AVX-512" straight to fd 2 for integer tensors on some CPUs (an AVX-512 EPYC did, during
+    every `qca-tf train`): the rotation must not transpose the uint8 target. Elsewhere the
+    line never appears and this checks only that the rotation runs silently."""
+    import subprocess
+    import sys
+
+    code = ("import os; os.environ['TF_CPP_MIN_LOG_LEVEL'] = '2'\n"
+            "from qca_tf.runtime import init_tensorflow; tf = init_tensorflow()\n"
+            "from qca_tf.data import augment_rot90\n"
+            "image = tf.zeros((4, 8, 8)); target = tf.ones((4, 8, 8), tf.uint8)\n"
+            "for s in range(8):\n"
+            "    im, t = augment_rot90(image, target, tf.constant([s, 1], tf.int64))\n"
+            "    assert t.dtype == tf.uint8 and int(tf.reduce_sum(tf.cast(t, tf.int32))) == 256\n"
+            "print('ok')\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr
+    assert "oneDNN supports" not in res.stderr, res.stderr
+
+
 def test_scale_jitter_resizes_crop_and_keeps_mask_aligned(tmp_path):
     z, y, x = np.meshgrid(np.arange(20), np.arange(40), np.arange(40), indexing="ij")
     ball = ((z - 10) ** 2 + (y - 20) ** 2 + (x - 20) ** 2) <= 36
