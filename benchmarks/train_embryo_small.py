@@ -1,7 +1,7 @@
 """Rebuild the `embryo-small` model with the tool's own commands and score it on the
 held-out part of the real 8-cell embryo (see docs/models/embryo-small.md).
 
-    python benchmarks/train_embryo_small.py WORK [--real DIR] [--ship] [--reuse]
+    python benchmarks/train_embryo_small.py WORK [--real DIR] [--epochs N] [--ship] [--reuse]
 
 Steps (each a `qca-tf` command, printed before it runs):
 1. ``benchmarks/embryo_small_data.py WORK/data`` (NSN) and ``WORK/data_ndn`` (NDN):
@@ -98,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("work", type=Path)
     ap.add_argument("--real", type=Path, default=Path("/work/shared/data/qcanet-example-8cell"))
     ap.add_argument("--ship", action="store_true", help="copy the bundle into qca_tf/pretrained/embryo-small/")
+    ap.add_argument("--epochs", type=int, default=int(OPT[OPT.index("--epochs") + 1]),
+                    help="stage-1 epochs of both networks (the shipped model: 10)")
     ap.add_argument("--reuse", action="store_true", help="keep WORK/data and finished WORK/nsn, WORK/ndn (no training)")
     a = ap.parse_args(argv)
     w = a.work.resolve()
@@ -113,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
 
         t = time.perf_counter()
         w.mkdir(parents=True, exist_ok=True)
-        common = ["--val-data", data / "val", *ARCH, *OPT]
+        opt = [*OPT[:OPT.index("--epochs") + 1], str(a.epochs), *OPT[OPT.index("--epochs") + 2:]]
+        common = ["--val-data", data / "val", *ARCH, *opt]
         nsn = run([*QCA, "train", "nsn", "--data", data / "train", *common, *NSN_EXTRA, "--out", w / "nsn"],
                   w / "train_nsn.log")
         ndn = run([*QCA, "train", "ndn", "--data", w / "data_ndn" / "train", *common, *NDN_EXTRA, "--out", w / "ndn"],
