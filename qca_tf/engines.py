@@ -272,8 +272,16 @@ def model_key(loaded: Any) -> str:
     h.update(json.dumps({"model": to_dict(loaded.model_cfg), "qca_tf": __version__, "openvino": ov_version},
                         sort_keys=True).encode())
     files: list[tuple[str, Path]] = []
+    memo = None
     if getattr(loaded, "weights_path", None) is not None:
-        files = [(Path(loaded.weights_path).name, Path(loaded.weights_path))]
+        path = Path(loaded.weights_path)
+        st = path.stat()
+        # the same file, unchanged, in this process: hashed once (a cache hit looks the key
+        # up twice, in cached_openvino_model and again when the engine compiles)
+        memo = (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, h.hexdigest())
+        if memo in _FILE_KEYS:
+            return _FILE_KEYS[memo]
+        files = [(path.name, path)]
     elif isinstance(loaded.model, SavedModelWrapper):
         root = Path(loaded.model.folder)
         files = [(str(p.relative_to(root)), p) for p in sorted(p for p in root.rglob("*") if p.is_file())]
@@ -287,7 +295,14 @@ def model_key(loaded: Any) -> str:
         with open(path, "rb") as fh:
             for block in iter(lambda: fh.read(1 << 22), b""):
                 h.update(block)
+    if memo is not None:
+        _FILE_KEYS[memo] = h.hexdigest()
     return h.hexdigest()
+
+
+#: model_key of weights files already hashed in this process:
+#: (path, inode, size, mtime_ns, ctime_ns, header digest) -> key.
+_FILE_KEYS: dict[tuple, str] = {}
 
 
 def _cached_xml(key: str) -> Path:

@@ -309,3 +309,23 @@ def test_no_gpu_check_asks_tensorflow_on_wsl2_and_jetson(monkeypatch):
             assert engines.has_gpu() is True, device
         finally:
             engines.has_gpu.cache_clear()
+
+
+def test_model_key_hashes_a_weights_file_once_until_it_changes(tmp_path, monkeypatch):
+    """A cache hit looks the key up twice (cached_openvino_model, then the engine): the file
+    is read once; a rewritten file (new content, same size) gets its own key."""
+    import types
+
+    cfg = ModelConfig(depth=1, init_channels=2)
+    weights = tmp_path / "weights.h5"
+    weights.write_bytes(b"a" * 4096)
+    loaded = types.SimpleNamespace(model_cfg=cfg, weights_path=weights, model=None)
+    reads = []
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda p, *a, **k: (reads.append(str(p)), real_open(p, *a, **k))[1])
+    first = engines.model_key(loaded)
+    assert engines.model_key(loaded) == first and reads.count(str(weights)) == 1
+    tmp = tmp_path / "new.h5"
+    tmp.write_bytes(b"b" * 4096)
+    tmp.replace(weights)  # how weights are written: a new file renamed over the old one
+    assert engines.model_key(loaded) != first and reads.count(str(weights)) == 2
