@@ -77,9 +77,16 @@ class QcaGroup(click.Group):
             raise _one_line(exc) from None
 
 
+#: click >= 8.2 shows the help of a command typed without arguments through this error
+_NO_ARGS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
 def _one_line(exc: click.UsageError) -> click.UsageError:
     """A bad flag or argument as one ``Error:`` line, like every other mistake: the help
-    pointer goes into the line instead of click's usage block above it (exit code 2)."""
+    pointer goes into the line instead of click's usage block above it (exit code 2).
+    ``qca-tf`` typed alone still shows the help."""
+    if isinstance(exc, _NO_ARGS_HELP):
+        return exc
     message = " ".join(exc.format_message().split())
     if exc.ctx is not None:
         message = f"{message} (see '{exc.ctx.command_path} --help')"

@@ -56,6 +56,8 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     #: True when ``out_dir`` already held this run, finished: nothing was trained.
     finished: bool = False
+    #: The best epoch's tie-break score (NDN: centre-mask Dice; NSN and unet3d: 0).
+    best_tiebreak: float = 0.0
 
 
 # ------------------------------------------------------------------ dataset assembly
@@ -474,7 +476,8 @@ def fit(prepared: PreparedData, out_dir: str | os.PathLike, model_cfg: ModelConf
             log.info("training in %s is already finished (%d epochs); the model is in %s; "
                      "--overwrite trains again", out, len(previous), out)
             return TrainResult(folder=out, metric_name=train_cfg.metric_name, best_epoch=int(previous[best]["epoch"]),
-                               best_metric=float(previous[best]["metric"]), history=previous, finished=True)
+                               best_metric=float(previous[best]["metric"]), history=previous, finished=True,
+                               best_tiebreak=_row_key(previous[best])[1])
     if previous and not resume_dir.exists():
         log.warning("%s: %d epoch(s) in epochs.csv but no resume state (.resume/); training starts again "
                     "from epoch 1", out, len(previous))
@@ -507,7 +510,7 @@ def fit(prepared: PreparedData, out_dir: str | os.PathLike, model_cfg: ModelConf
     model.fit(train_ds, epochs=train_cfg.epochs, steps_per_epoch=steps,
               callbacks=[callback, *callbacks, backup], verbose=verbose, shuffle=False)
     return TrainResult(folder=out, metric_name=train_cfg.metric_name, best_epoch=callback.best_epoch,
-                       best_metric=callback.best, history=callback.rows)
+                       best_metric=callback.best, history=callback.rows, best_tiebreak=float(callback.best_tie))
 
 
 def train(data_root: str | os.PathLike, out_dir: str | os.PathLike, model_cfg: ModelConfig,

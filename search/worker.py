@@ -108,7 +108,7 @@ class TrainingObjective:
         import keras
         import tensorflow as tf
 
-        from qca_tf.train import best_row, fit
+        from qca_tf.train import fit
 
         model_cfg, train_cfg = configs_for(self.cfg.network, params, self.base)
         report = pruning_callback(trial, train_cfg.metric_name)
@@ -121,7 +121,8 @@ class TrainingObjective:
             gc.collect()
         if report.nan_at is not None:
             return Outcome("FAIL", epochs=report.values, reason=f"NaN loss at epoch {report.nan_at}")
-        tie = float(res.history[best_row(res.history)].get("tiebreak") or 0.0) if res.history else None
+        # the tie-break ranks trials whose values tie (NDN: F 1.0 is common); NSN and unet3d have none
+        tie = res.best_tiebreak if self.cfg.network == "ndn" and res.history else None
         if report.pruned_at is not None:
             return Outcome("PRUNED", value=res.best_metric, epochs=report.values,
                            reason=f"{self.cfg.pruner} pruner at epoch {report.pruned_at}", tiebreak=tie)

@@ -106,6 +106,12 @@ def test_usage_errors_are_one_line(args, fragments, tmp_path, monkeypatch):
     assert not any(tmp_path.iterdir())
 
 
+def test_no_arguments_shows_the_help():
+    res = invoke()
+    assert "Commands:" in res.output and "predict" in res.output and "Error:" not in res.output
+    assert len(res.output.splitlines()) > 5
+
+
 def test_invalid_option_value_named(synth_dataset, tmp_path):
     root, _ = synth_dataset
     one_line_error(invoke("train", "nsn", "--data", root, "--out", tmp_path / "m", "--lr-decay", 3),

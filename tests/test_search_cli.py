@@ -3,6 +3,7 @@ search writes best/, best_params.json (accepted by `qca-tf train --params`), tri
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import stat
@@ -192,7 +193,12 @@ def test_ndn_trial_records_the_best_epochs_tiebreak(synth_dataset, tmp_path):
               "adam_alpha": 1e-3, "adam_beta1": 0.9, "adam_beta2": 0.999, "adam_epsilon": 1e-8}
     outcome = TrainingObjective(cfg)(_FakeTrial(), params, tmp_path / "trial")
     rows = list(csv.DictReader(open(tmp_path / "trial" / "epochs.csv")))
+    saved = json.loads((tmp_path / "trial" / "config.json").read_text())["metrics"]["best_epoch"]  # weights kept
     best = rows[best_row(rows)]
+    assert int(best["epoch"]) == saved
     assert outcome.state == "COMPLETE" and outcome.value == pytest.approx(float(best["metric"]), abs=1e-6)
     assert outcome.tiebreak == pytest.approx(float(best["tiebreak"]), abs=1e-6)
     assert 0.0 <= outcome.tiebreak <= 1.0
+    # NSN and unet3d have no tie-break: nothing is recorded, and the top table shows no such column
+    nsn = TrainingObjective(dataclasses.replace(cfg, network="nsn"))(_FakeTrial(), params, tmp_path / "nsn")
+    assert nsn.state == "COMPLETE" and nsn.tiebreak is None
