@@ -126,8 +126,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="training synthetic nuclei fall to this fraction of their signal at the mask edge "
                          "(drawn per nucleus); default: flat nuclei as qca_tf.synthetic makes them")
     ap.add_argument("--late-synth", type=int, default=0, metavar="N",
-                    help="N synthetic later-stage embryos (16 smaller nuclei) in train/, and one more in val_real/")
+                    help="N synthetic later-stage embryos (16 smaller nuclei, flat: --soft-edge does not apply) in "
+                         "train/, and one more in val_real/")
     a = ap.parse_args(argv)
+    if not 0 <= a.late_synth <= 19:  # training seeds 11.. must stay below val_real's seed 30
+        ap.error("--late-synth: 0 to 19 embryos")
     image = io.read_stack(a.real / "image.tif")
     labels, n = ndimage.label(io.read_stack(a.real / "nsn_gt.tif") > 0)
     ndn = io.read_stack(a.real / "ndn_gt.tif")
