@@ -96,11 +96,18 @@ def soft_edges(image: np.ndarray, labels: np.ndarray, edge: tuple[float, float],
     return np.clip(np.rint(out), 0, 65535).astype(np.uint16)
 
 
+def embryo_config(seed: int, **changes) -> synthetic.SynthConfig:
+    """The synthetic 8-cell embryo of these folders (48 x 112 x 112 voxels at the real
+    stack's voxel size, 8 nuclei of radius 4.5-7.5 um, 2 touching pairs, a polar body,
+    division every 2 time points), with ``changes``."""
+    base = dict(shape=(48, 112, 112), voxel_size=(VOXEL.x, VOXEL.y, VOXEL.z), n_nuclei=8, radius_um=(4.5, 7.5),
+                touching_pairs=2, polar_bodies=1, division_interval=2, seed=seed)
+    return synthetic.SynthConfig(**{**base, **changes})
+
+
 def synthetic_embryos(root: Path, seed: int, timepoints: int, prefix: str,
                       edge: tuple[float, float] | None = None) -> None:
-    cfg = synthetic.SynthConfig(shape=(48, 112, 112), voxel_size=(VOXEL.x, VOXEL.y, VOXEL.z), n_nuclei=8,
-                                radius_um=(4.5, 7.5), touching_pairs=2, polar_bodies=1, timepoints=timepoints,
-                                division_interval=2, seed=seed)
+    cfg = embryo_config(seed, timepoints=timepoints)
     for t, frame in enumerate(synthetic.make_series(cfg)):
         image = frame.image if edge is None else soft_edges(frame.image, frame.labels, edge, seed * 100 + t)
         write(root, f"{prefix}_t{t}.tif", image, frame.labels, frame.ndn)
@@ -109,9 +116,8 @@ def synthetic_embryos(root: Path, seed: int, timepoints: int, prefix: str,
 def late_synthetic_embryo(root: Path, seed: int, name: str) -> None:
     """A synthetic later-stage embryo: 16 nuclei of radius 3.5-5.5 um (a 16-cell embryo's
     nuclei are smaller than an 8-cell one's), 4 touching pairs, a polar body."""
-    cfg = synthetic.SynthConfig(shape=(48, 112, 112), voxel_size=(VOXEL.x, VOXEL.y, VOXEL.z), n_nuclei=16,
-                                radius_um=(3.5, 5.5), touching_pairs=4, polar_bodies=1, timepoints=1,
-                                division_interval=0, seed=seed)
+    cfg = embryo_config(seed, timepoints=1, n_nuclei=16, radius_um=(3.5, 5.5), touching_pairs=4,
+                        division_interval=0)
     frame = synthetic.make_series(cfg)[0]
     write(root, name, frame.image, frame.labels, frame.ndn)
 

@@ -36,7 +36,8 @@ VOXEL = ["--voxel-size", "0.8", "0.8", "1.75"]
 #: The recipe (the library defaults do the rest: percentile normalisation, scaling, flips,
 #: xy rotations and intensity augmentation, >= 16 crops per epoch, lr decay with patience 3).
 ARCH = ["--depth", "3", "--init-channels", "8", "--kernel-size", "3", "--patch", "48"]
-OPT = ["--optimizer", "adam", "--adam-alpha", "0.002", "--epochs", "10", "--seed", "0"]
+OPT = ["--optimizer", "adam", "--adam-alpha", "0.002", "--seed", "0"]
+EPOCHS = 10  # stage 1 (--epochs)
 NSN_EXTRA = ["--loss", "ce+dice", "--crops-per-volume", "4"]
 NDN_EXTRA = ["--crops-per-volume", "4"]
 #: Training-folder options of benchmarks/embryo_small_data.py (validation and test stay the
@@ -98,8 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("work", type=Path)
     ap.add_argument("--real", type=Path, default=Path("/work/shared/data/qcanet-example-8cell"))
     ap.add_argument("--ship", action="store_true", help="copy the bundle into qca_tf/pretrained/embryo-small/")
-    ap.add_argument("--epochs", type=int, default=int(OPT[OPT.index("--epochs") + 1]),
-                    help="stage-1 epochs of both networks (the shipped model: 10)")
+    ap.add_argument("--epochs", type=int, default=EPOCHS,
+                    help=f"stage-1 epochs of both networks (the shipped model: {EPOCHS})")
     ap.add_argument("--reuse", action="store_true", help="keep WORK/data and finished WORK/nsn, WORK/ndn (no training)")
     a = ap.parse_args(argv)
     w = a.work.resolve()
@@ -115,8 +116,7 @@ def main(argv: list[str] | None = None) -> int:
 
         t = time.perf_counter()
         w.mkdir(parents=True, exist_ok=True)
-        opt = [*OPT[:OPT.index("--epochs") + 1], str(a.epochs), *OPT[OPT.index("--epochs") + 2:]]
-        common = ["--val-data", data / "val", *ARCH, *opt]
+        common = ["--val-data", data / "val", *ARCH, *OPT, "--epochs", str(a.epochs)]
         nsn = run([*QCA, "train", "nsn", "--data", data / "train", *common, *NSN_EXTRA, "--out", w / "nsn"],
                   w / "train_nsn.log")
         ndn = run([*QCA, "train", "ndn", "--data", w / "data_ndn" / "train", *common, *NDN_EXTRA, "--out", w / "ndn"],

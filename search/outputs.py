@@ -42,17 +42,22 @@ def write_trials_csv(study: optuna.Study, path: Path, params: list[str], *, metr
             w.writerow(row)
 
 
+def _has_tiebreak(study: optuna.Study) -> bool:
+    """Whether any trial recorded a tie-break score (the objective records one for NDN)."""
+    return any("tiebreak" in t.user_attrs for t in study.get_trials(deepcopy=False))
+
+
 def top_table(study: optuna.Study, n: int = 5) -> str:
-    from .worker import ranked_complete
+    from .worker import ranked_complete, tiebreak
 
     done = ranked_complete(study)[:n]
     if not done:
         return "no completed trial"
-    ties = any("tiebreak" in t.user_attrs for t in done)  # NDN: centre-mask Dice breaks ties of F
+    ties = _has_tiebreak(study)  # NDN: centre-mask Dice breaks ties of F
     lines = [f"{'rank':>4} {'trial':>5} {'value':>7}{'  tie-break' if ties else ''}  parameters"]
     for rank, t in enumerate(done, 1):
         ps = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items())
-        tie = f"  {float(t.user_attrs.get('tiebreak') or 0.0):>9.4f}" if ties else ""
+        tie = f"  {tiebreak(t):>9.4f}" if ties else ""
         lines.append(f"{rank:>4} {t.number:>5} {t.value:>7.4f}{tie}  {ps}")
     return "\n".join(lines)
 
@@ -125,7 +130,7 @@ def write_outputs(study: optuna.Study, cfg: st.SearchSettings, space: SearchSpac
                   echo: Callable[[str], None]) -> None:
     out = Path(cfg.out)
     write_trials_csv(study, out / "trials.csv", [p.name for p in space.params],
-                     metrics=("tiebreak",) if cfg.network == "ndn" else ())
+                     metrics=("tiebreak",) if _has_tiebreak(study) else ())
     best = write_best(study, cfg, out)
     write_plots(study, out)
     echo(top_table(study))

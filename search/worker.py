@@ -30,6 +30,7 @@ from qca_tf.errors import QcaError
 from qca_tf.modelio import KERAS_NAME, WEIGHTS_NAME
 
 from . import settings as st
+from .outputs import trial_dir
 from .space import SearchSpace, configs_for, infeasible_reason
 from .storage import FINISHED, open_storage, worker_identity
 
@@ -210,14 +211,14 @@ def run_trial(trial, cfg: st.SearchSettings, space: SearchSpace, objective: Call
     reason = infeasible_reason(model_cfg, DataConfig(patch=tuple(cfg.patch)), max_params)
     if reason:
         return Outcome("PRUNED", reason=f"not run: {reason}")
-    trial_dir = out / "trials" / f"{trial.number:04d}"
+    folder = trial_dir(out, trial.number)
     try:
-        return objective(trial, params, trial_dir)
+        return objective(trial, params, folder)
     except QcaError:
         raise
     except Exception as exc:  # a crash of one configuration must not end the search
-        trial_dir.mkdir(parents=True, exist_ok=True)
-        (trial_dir / "error.txt").write_text(traceback.format_exc())
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "error.txt").write_text(traceback.format_exc())
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
         return Outcome("FAIL", reason=f"crash: {type(exc).__name__}: {first}")
 
@@ -243,7 +244,12 @@ def rank_key(t: optuna.trial.FrozenTrial) -> tuple[float, float, int]:
     """Order of finished trials, best first when sorted descending: the value, then its
     tie-break (NDN: the best epoch's centre-mask Dice, so that among trials at detection F
     1.0 the one whose centres match best wins; 0 when not recorded), then the earlier trial."""
-    return t.value, float(t.user_attrs.get("tiebreak") or 0.0), -t.number
+    return t.value, tiebreak(t), -t.number
+
+
+def tiebreak(t: optuna.trial.FrozenTrial) -> float:
+    """The trial's recorded tie-break score (NDN trials), 0 when none was recorded."""
+    return float(t.user_attrs.get("tiebreak") or 0.0)
 
 
 def ranked_complete(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
@@ -259,11 +265,10 @@ def keep_best(study: optuna.Study, out: Path, keep: int) -> None:
     ranked = ranked_complete(study)
     keepers = {t.number for t in ranked[:keep]}
     for t in done:
-        folder = out / "trials" / f"{t.number:04d}"
         if t.number in keepers:
             continue
         for name in (WEIGHTS_NAME, KERAS_NAME, ".resume"):  # weights (format 2, or 1) and resume state
-            p = folder / name
+            p = trial_dir(out, t.number) / name
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
 
