@@ -39,12 +39,13 @@ CUT_X = 52
 REAL = Path("/work/shared/data/qcanet-example-8cell")
 
 
-def later_stage(image: np.ndarray, labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """A simulated later, dimmer stack: nuclei 0.8x smaller, signal 0.45x with gamma 1.3,
-    15% intensity lost from top to bottom, Poisson-like and camera noise."""
+def later_stage(image: np.ndarray, labels: np.ndarray, seed: int, zoom: float = 0.8
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """A simulated later, dimmer stack: nuclei ``zoom`` x smaller, signal 0.45x with gamma
+    1.3, 15% intensity lost from top to bottom, Poisson-like and camera noise."""
     rng = np.random.default_rng(seed)
-    small = ndimage.zoom(image.astype(np.float32), 0.8, order=1)
-    lab = ndimage.zoom(labels, 0.8, order=0)
+    small = ndimage.zoom(image.astype(np.float32), zoom, order=1)
+    lab = ndimage.zoom(labels, zoom, order=0)
     bg = float(np.percentile(image, 5))
     sig = np.clip(small - bg, 0, None)
     peak = float(np.percentile(sig, 99.9))
@@ -96,6 +97,105 @@ def soft_edges(image: np.ndarray, labels: np.ndarray, edge: tuple[float, float],
     return np.clip(np.rint(out), 0, 65535).astype(np.uint16)
 
 
+def nucleus_sources(image: np.ndarray, labels: np.ndarray, ndn: np.ndarray) -> list[dict]:
+    """Each real nucleus of ``labels`` (z, y, x) cut out for pasting: its background-free
+    signal (the real texture and noise), a weight that keeps the signal inside the mask and
+    fades it to 0 within 2.4 um outside (0 near any other nucleus), its mask and its
+    annotated centre blob (``ndn`` > 0 inside the nucleus)."""
+    bg = float(np.percentile(image, 5))
+    sampling = (VOXEL.z, VOXEL.y, VOXEL.x)
+    others_near = ndimage.binary_dilation(labels > 0, iterations=2)
+    out = []
+    for lab, sl in enumerate(ndimage.find_objects(labels), start=1):
+        if sl is None:
+            continue
+        sl = tuple(slice(max(s.start - m, 0), min(s.stop + m, n)) for s, m, n in zip(sl, (2, 4, 4), labels.shape))
+        own = labels[sl] == lab
+        fade = np.clip(1.0 - (ndimage.distance_transform_edt(~own, sampling=sampling) - 0.8) / 2.4, 0.0, 1.0)
+        fade[others_near[sl] & ~ndimage.binary_dilation(own, iterations=2)] = 0.0
+        out.append(dict(signal=(image[sl].astype(np.float32) - bg) * fade, weight=fade, mask=own,
+                        centre=(ndn[sl] > 0) & own))
+    return out
+
+
+def real_mosaic(image: np.ndarray, labels: np.ndarray, ndn: np.ndarray, seed: int, n_nuclei: int = 10,
+                scale: tuple[float, float] = (0.55, 1.0), shape: tuple[int, int, int] = (48, 112, 112),
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A compact embryo of real nuclei: the nuclei of ``labels`` (z, y, x) pasted, each
+    scaled by a factor drawn from ``scale`` in every axis (smaller nuclei, as at later
+    stages), turned in xy and dimmed by 0.5-1.0, every one touching or nearly touching
+    (0.8-1.6 um gaps) a nucleus already placed, on values drawn from the real background.
+    Returns (image uint16, instance labels, NDN target: each nucleus's annotated centre
+    blob at its new place, the blob's own size, as the real annotation draws it)."""
+    rng = np.random.default_rng(seed)
+    bg = float(np.percentile(image, 5))
+    far = image[~ndimage.binary_dilation(labels > 0, iterations=4)]  # the real background's values
+    sources = nucleus_sources(image, labels, ndn)
+    sig = np.zeros(shape, np.float32)
+    lab = np.zeros(shape, np.uint16)
+    cen = np.zeros(shape, np.uint8)
+    covered = np.zeros(shape, np.float32)  # how much of the real noise each voxel already has
+    spacing = np.array([VOXEL.z, VOXEL.y, VOXEL.x])
+    for k in range(n_nuclei):
+        src = sources[rng.integers(len(sources))]
+        s = float(rng.uniform(*scale))
+        turn, flip = int(rng.integers(4)), bool(rng.integers(2))
+
+        def turned(a: np.ndarray) -> np.ndarray:
+            a = np.rot90(a, turn, axes=(1, 2))
+            return a[:, :, ::-1] if flip else a
+
+        def tf(a: np.ndarray, order: int) -> np.ndarray:
+            return ndimage.zoom(turned(a).astype(np.float32), s, order=order)
+        signal = tf(src["signal"], 1) * float(rng.uniform(0.5, 1.0))
+        weight = tf(src["weight"], 1)
+        mask = tf(src["mask"], 0) > 0.5
+        blob = tf(src["centre"], 0) > 0.5
+        if not mask.any():
+            continue
+        size = np.array(mask.shape)
+        gap = int(rng.integers(1, 3))  # voxels of background kept between masks (xy 0.8 um each)
+        grown = ndimage.binary_dilation(mask, iterations=gap)
+        placed = False
+        for _ in range(50):
+            if k == 0:
+                corner = (np.array(shape) - size) // 2 + rng.integers(-4, 5, 3)
+                corner = np.clip(corner, 0, np.array(shape) - size)
+                placed = True
+                break
+            anchor = np.array(ndimage.center_of_mass(lab == rng.integers(1, lab.max() + 1)))
+            d = rng.normal(size=3) * np.array([0.5, 1.0, 1.0])   # flatter in z, like an embryo's nuclei
+            d /= np.linalg.norm(d)
+            for r_um in np.arange(0.0, 40.0, 0.4):
+                centre = anchor + d * r_um / spacing
+                corner = np.round(centre - size / 2).astype(int)
+                if (corner < 0).any() or (corner + size > np.array(shape)).any():
+                    break
+                box = tuple(slice(c, c + n) for c, n in zip(corner, size))
+                if not (lab[box][grown] > 0).any():
+                    placed = True
+                    break
+            if placed:
+                break
+        if not placed:
+            continue
+        box = tuple(slice(c, c + n) for c, n in zip(corner, size))
+        sig[box] += signal
+        covered[box] += weight
+        lab[box][mask] = lab.max() + 1
+        cen_box = cen[box]
+        if blob.any():  # the real centre blob, unscaled, at the scaled centre
+            bz, by, bx = np.nonzero(turned(src["centre"]))
+            c_new = np.round(ndimage.center_of_mass(blob)).astype(int)
+            offs = np.stack([bz, by, bx], 1) - np.round(np.mean([bz, by, bx], 1)).astype(int)
+            pts = np.clip(c_new + offs, 0, np.array(cen_box.shape) - 1)
+            cen_box[pts[:, 0], pts[:, 1], pts[:, 2]] = 255
+    cen[lab == 0] = 0
+    c = np.clip(covered, 0.0, 1.0)  # pasted crops carry their own background; elsewhere real background values
+    out = sig + bg + (1.0 - c) * (rng.choice(far, size=shape).astype(np.float32) - bg)
+    return np.clip(np.rint(out), 0, 65535).astype(np.uint16), lab, cen
+
+
 def embryo_config(seed: int, **changes) -> synthetic.SynthConfig:
     """The synthetic 8-cell embryo of these folders (48 x 112 x 112 voxels at the real
     stack's voxel size, 8 nuclei of radius 4.5-7.5 um, 2 touching pairs, a polar body,
@@ -134,9 +234,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--late-synth", type=int, default=0, metavar="N",
                     help="N synthetic later-stage embryos (16 smaller nuclei, flat: --soft-edge does not apply) in "
                          "train/, and one more in val_real/")
+    ap.add_argument("--mosaics", type=int, default=0, metavar="N",
+                    help="N embryos of the real training part's nuclei, scaled and packed (real_mosaic) in train/")
     a = ap.parse_args(argv)
     if not 0 <= a.late_synth <= 19:  # training seeds 11.. must stay below val_real's seed 30
         ap.error("--late-synth: 0 to 19 embryos")
+    if not 0 <= a.mosaics <= 19:  # training seeds 40.. must stay below val_real's seeds 60, 61
+        ap.error("--mosaics: 0 to 19 embryos")
     image = io.read_stack(a.real / "image.tif")
     labels, n = ndimage.label(io.read_stack(a.real / "nsn_gt.tif") > 0)
     ndn = io.read_stack(a.real / "ndn_gt.tif")
@@ -152,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     synthetic_embryos(a.out / "train", seed=2, timepoints=2, prefix="synth2", edge=edge)
     for k in range(a.late_synth):
         late_synthetic_embryo(a.out / "train", seed=11 + k, name=f"synth_late{11 + k}.tif")
+    for k in range(a.mosaics):
+        write(a.out / "train", f"mosaic{40 + k}.tif", *real_mosaic(image[left], labels[left], ndn[left], seed=40 + k))
     write(a.out / "val", "real_left_dim.tif", dimmed(image[left], 5), labels[left], ndn[left])
     synthetic_embryos(a.out / "val", seed=3, timepoints=1, prefix="synth3")
     write(a.out / "train_real", "real_left.tif", image[left], labels[left], ndn[left])
@@ -159,6 +265,13 @@ def main(argv: list[str] | None = None) -> int:
     write(a.out / "val_real", "real_left_dim.tif", dimmed(image[left], 5), labels[left], ndn[left])
     left_late, left_late_lab = later_stage(image[left], labels[left], seed=8)
     write(a.out / "val_real", "real_left_late.tif", left_late, left_late_lab, None)
+    # small nuclei packed against bigger ones, which the two volumes above (3 nuclei, far
+    # apart) cannot show: the training part's nuclei in two mosaics, one as recorded and
+    # one through the later-stage simulation (no further shrinking)
+    mosaic_im, mosaic_lab, _ = real_mosaic(image[left], labels[left], ndn[left], seed=60)
+    write(a.out / "val_real", "mosaic60.tif", mosaic_im, mosaic_lab, None)
+    mosaic_im, mosaic_lab, _ = real_mosaic(image[left], labels[left], ndn[left], seed=61)
+    write(a.out / "val_real", "mosaic61_late.tif", *later_stage(mosaic_im, mosaic_lab, seed=9, zoom=1.0), None)
     if a.late_synth:
         late_synthetic_embryo(a.out / "val_real", seed=30, name="synth_late30.tif")
     test_lab, _ = ndimage.label(labels[right] > 0)
