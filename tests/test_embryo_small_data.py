@@ -1,0 +1,64 @@
+"""The real-nucleus mosaics of ``benchmarks/embryo_small_data.py`` (embryo-small's
+validation, and training with ``--mosaics``), built here from a synthetic embryo whose
+nuclei, centres and background are known."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import embryo_small_data as esd  # noqa: E402
+
+from qca_tf import synthetic  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def source():
+    cfg = synthetic.SynthConfig(shape=(24, 64, 64), n_nuclei=4, radius_um=(5.0, 6.0), touching_pairs=0,
+                                polar_bodies=0, division_interval=0, seed=4)
+    frame = synthetic.make_series(cfg)[0]
+    return frame.image, frame.labels, frame.ndn
+
+
+def test_mosaic_packs_scaled_nuclei_each_with_one_centre(source):
+    image, labels, ndn = source
+    sizes = np.bincount(labels.ravel())[1:]
+    img, lab, cen = esd.real_mosaic(image, labels, ndn, seed=3, n_nuclei=8, scale=(0.6, 0.9), shape=(32, 96, 96))
+    assert img.dtype == np.uint16 and img.shape == lab.shape == cen.shape == (32, 96, 96)
+    n = int(lab.max())
+    assert 6 <= n <= 8 and set(np.unique(lab)) == set(range(n + 1))
+    volumes = np.bincount(lab.ravel())[1:]
+    # every nucleus is a source nucleus scaled by 0.6-0.9 in each axis (volume 0.22-0.73x, zoom rounding aside)
+    assert volumes.min() >= 0.18 * sizes.min() and volumes.max() <= 0.8 * sizes.max()
+    # no two masks share a face (the gap keeps a voxel of background; a binary mask of the
+    # mosaic splits into the same nuclei, as the real annotation's 6-connected components),
+    # but packed: each has a neighbour within 3 voxels
+    for k in range(1, n + 1):
+        own = lab == k
+        ring1 = ndimage.binary_dilation(own) & ~own
+        assert not (lab[ring1] > 0).any(), f"nucleus {k} touches another"
+    near = [set(np.unique(lab[ndimage.binary_dilation(lab == k, iterations=3)])) - {0, k} for k in range(1, n + 1)]
+    assert all(near), "a nucleus stands alone"
+    assert ndimage.label(lab > 0)[1] == n
+    # one centre blob per nucleus, inside it, of the annotated blob's own size
+    blobs, nb = ndimage.label(cen > 0)
+    assert nb == n and not (cen[lab == 0] > 0).any()
+    assert sorted(set(np.unique(lab[blobs > 0]))) == list(range(1, n + 1))
+    blob_size = np.bincount(ndimage.label(ndn > 0)[0].ravel())[1:].max()
+    assert np.bincount(blobs.ravel())[1:].max() <= blob_size
+
+
+def test_mosaic_background_is_the_sources_background_and_the_seed_repeats(source):
+    image, labels, ndn = source
+    img, lab, _ = esd.real_mosaic(image, labels, ndn, seed=5, n_nuclei=5, shape=(32, 96, 96))
+    far_src = image[~ndimage.binary_dilation(labels > 0, iterations=4)]
+    far_out = img[~ndimage.binary_dilation(lab > 0, iterations=8)]
+    assert set(np.unique(far_out)) <= set(np.unique(far_src))
+    # nuclei keep their signal: brighter inside than the background
+    assert np.median(img[lab > 0]) > np.percentile(far_src, 99)
+    again = esd.real_mosaic(image, labels, ndn, seed=5, n_nuclei=5, shape=(32, 96, 96))
+    assert np.array_equal(again[0], img) and np.array_equal(again[1], lab)
