@@ -2,7 +2,7 @@
 QCANet without NDN (NSN + connected components) and a 3D U-Net (connected components).
 
     python benchmarks/table1.py WORK [--epochs N] [--seed S] [--quick]
-                                [--real-test DIR --real-bundle BUNDLE [--real-unet DIR]]
+                                [--real-test DIR --real-bundle BUNDLE [--real-unet DIR] [--real-only]]
 
 Data (``qca_tf.synthetic``, 0.8 x 0.8 x 1.75 um voxels): two training embryos and one
 validation embryo, and a test embryo of another seed followed through two rounds of
@@ -15,7 +15,8 @@ figures and writes WORK/table1.json and WORK/table1.md.
 ``--real-test DIR`` (images/ + labels/, e.g. the held-out right part of the real 8-cell
 stack made by ``benchmarks/embryo_small_data.py``) adds the same methods on real data
 with the given models (``--real-bundle``: QCANet and NSN-only; ``--real-unet``: a 3D
-U-Net model folder trained on the same training data).
+U-Net model folder trained on the same training data). ``--real-only`` skips the
+synthetic table (no training): only the real rows, e.g. for a new shipped bundle.
 """
 from __future__ import annotations
 
@@ -69,20 +70,17 @@ def train_configs(epochs: int, seed: int) -> dict[str, TrainConfig]:
             "unet3d": TrainConfig(task="nsn", loss="ce+dice", **common)}
 
 
-def polar_kept(labels_dir: Path, names: list[str], series: list[synthetic.SynthTimepoint]) -> tuple[int, int]:
-    """(polar bodies inside a predicted nucleus, polar bodies) over the series: a polar
-    body is kept when the label image is non-zero at its centre voxel."""
+def polar_kept(labels_dir: Path, gt_dir: Path, names: list[str], series: list[synthetic.SynthTimepoint]
+               ) -> tuple[int, int]:
+    """(polar bodies kept as a nucleus of their own, polar bodies) over the series
+    (:func:`qca_tf.metrics.polar_kept`)."""
     from qca_tf.io import read_stack
+    from qca_tf.metrics import polar_kept as kept_at
 
-    kept = total = 0
-    spacing = np.array([VOXEL.z, VOXEL.y, VOXEL.x])
-    for name, tp in zip(names, series):
-        labels = read_stack(labels_dir / f"{name}.tif")
-        for c in tp.polar_centres_um:
-            idx = tuple(np.clip(np.rint(c / spacing).astype(int), 0, np.array(labels.shape) - 1))
-            kept += int(labels[idx] > 0)
-            total += 1
-    return kept, total
+    spacing = (VOXEL.z, VOXEL.y, VOXEL.x)
+    kept = sum(kept_at(read_stack(labels_dir / f"{name}.tif"), read_stack(gt_dir / f"{name}.tif"),
+                       tp.polar_centres_um, spacing)["kept"] for name, tp in zip(names, series))
+    return kept, sum(len(tp.polar_centres_um) for tp in series)
 
 
 def ndn_detection(pred_ndn: Path, gt_ndn: Path, names: list[str]) -> list[float]:
@@ -114,30 +112,15 @@ def fmt(summary: dict, key: str) -> str:
     return "n/a" if s is None else f"{s['mean']:.3f} ({s['sd']:.3f})"
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("work", type=Path)
-    ap.add_argument("--epochs", type=int, default=10)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--quick", action="store_true", help="1 epoch, 1 training embryo: checks the script runs")
-    ap.add_argument("--real-test", type=Path, default=None)
-    ap.add_argument("--real-bundle", type=str, default=None)
-    ap.add_argument("--real-unet", type=Path, default=None)
-    a = ap.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from qca_tf.runtime import init_tensorflow
-
-    init_tensorflow()
+def synthetic_table(work: Path, test_series: list[synthetic.SynthTimepoint], names: list[str], epochs: int,
+                    seed: int, times: dict[str, float]) -> dict[str, dict]:
+    """Train NSN, NDN and the 3D U-Net on WORK/data and score the three methods on the
+    synthetic test series; per method the evaluation summary and polar bodies kept
+    (QCANet also the NDN detection F-measure). Adds the step times to ``times``."""
     from qca_tf.train import train
 
-    work = a.work.resolve()
-    epochs = 1 if a.quick else a.epochs
-    t0 = time.perf_counter()
-    test_series = make_data(work, a.seed, a.quick)
-    names = [f"t{t:04d}" for t in range(len(test_series))]
-    times: dict[str, float] = {}
     results: dict[str, dict] = {}
-    for net, cfg in train_configs(epochs, a.seed).items():
+    for net, cfg in train_configs(epochs, seed).items():
         t = time.perf_counter()
         source = work / "data" / "train"
         train(source, work / "models" / net, ARCH[net], cfg, DATA, verbose=0, val_data=work / "data" / "val")
@@ -151,11 +134,43 @@ def main(argv: list[str] | None = None) -> int:
     for method, (nsn, ndn) in methods.items():
         out = work / "pred" / method.replace(" ", "_")
         results[method] = {"summary": predict_and_score(out, test, nsn=nsn, ndn=ndn, post=post)}
-        kept, total = polar_kept(out / "labels", names, test_series)
+        kept, total = polar_kept(out / "labels", test / "labels", names, test_series)
         results[method]["polar_bodies_kept"] = [kept, total]
     f1 = ndn_detection(work / "pred" / "QCANet" / "ndn", test / "ndn", names)
     results["QCANet"]["ndn_detection_f1"] = {"mean": float(np.mean(f1)), "sd": float(np.std(f1))}
     times["predict + evaluate (3 methods)"] = time.perf_counter() - t
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("work", type=Path)
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--quick", action="store_true", help="1 epoch, 1 training embryo: checks the script runs")
+    ap.add_argument("--real-test", type=Path, default=None)
+    ap.add_argument("--real-bundle", type=str, default=None)
+    ap.add_argument("--real-unet", type=Path, default=None)
+    ap.add_argument("--real-only", action="store_true", help="only the real rows (needs --real-test and --real-bundle)")
+    a = ap.parse_args(argv)
+    if (a.real_test is None) != (a.real_bundle is None) or (a.real_only and a.real_test is None):
+        ap.error("--real-test and --real-bundle go together; --real-only needs both")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from qca_tf.runtime import init_tensorflow
+
+    init_tensorflow()
+    work = a.work.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    epochs = 1 if a.quick else a.epochs
+    t0 = time.perf_counter()
+    times: dict[str, float] = {}
+    results: dict[str, dict] = {}
+    names: list[str] = []
+    test_series: list[synthetic.SynthTimepoint] = []
+    if not a.real_only:
+        test_series = make_data(work, a.seed, a.quick)
+        names = [f"t{t:04d}" for t in range(len(test_series))]
+        results = synthetic_table(work, test_series, names, epochs, a.seed, times)
 
     real: dict[str, dict] = {}
     if a.real_test is not None:
@@ -173,15 +188,17 @@ def main(argv: list[str] | None = None) -> int:
 
     total = time.perf_counter() - t0
     lines = ["| method | IoU | MUCov | SEG | polar bodies kept | paper IoU | paper MUCov |", "|---|---|---|---|---|---|---|"]
+    lines = [] if a.real_only else lines
     for method, r in results.items():
         s = r["summary"]
         k, n = r["polar_bodies_kept"]
         lines.append(f"| {method} | {fmt(s, 'iou')} | {fmt(s, 'mucov')} | {fmt(s, 'seg')} | {k} of {n} | "
                      f"{PAPER[method]['iou']:.3f} | {PAPER[method]['mucov']:.3f} |")
-    ndn_f = results["QCANet"]["ndn_detection_f1"]
-    lines.append("")
-    lines.append(f"NDN detection F-measure (centres within the evaluation distance): {ndn_f['mean']:.3f} "
-                 f"({ndn_f['sd']:.3f}); paper: 0.870 (on its real embryos)")
+    if results:
+        ndn_f = results["QCANet"]["ndn_detection_f1"]
+        lines.append("")
+        lines.append(f"NDN detection F-measure (centres within the evaluation distance): {ndn_f['mean']:.3f} "
+                     f"({ndn_f['sd']:.3f}); paper: 0.870 (on its real embryos)")
     if real:
         lines += ["", f"Real stack ({a.real_test}), models {a.real_bundle}" + (f" and {a.real_unet}" if a.real_unet else ""),
                   "", "| method | IoU | MUCov | SEG |", "|---|---|---|---|"]
@@ -191,11 +208,14 @@ def main(argv: list[str] | None = None) -> int:
     from bench_demo import cpu_name  # benchmarks/ is on sys.path when this script runs
 
     cpu = cpu_name()
-    lines += ["", f"Test: {len(names)} time points of a synthetic embryo (seed {a.seed + 1000}), nuclei "
-              f"{[int(np.count_nonzero(np.unique(tp.labels))) for tp in test_series]}; training: "
-              f"{epochs} epochs, crops {DATA.patch}, architectures reduced for the CPU: {arch}.",
-              "Times: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in times.items())
-              + f"; total {total / 60:.1f} min on {os.cpu_count()} cores of {cpu}."]
+    if a.real_only:
+        lines += ["", f"Time: {total / 60:.1f} min on {os.cpu_count()} cores of {cpu}."]
+    else:
+        lines += ["", f"Test: {len(names)} time points of a synthetic embryo (seed {a.seed + 1000}), nuclei "
+                  f"{[int(np.count_nonzero(np.unique(tp.labels))) for tp in test_series]}; training: "
+                  f"{epochs} epochs, crops {DATA.patch}, architectures reduced for the CPU: {arch}.",
+                  "Times: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in times.items())
+                  + f"; total {total / 60:.1f} min on {os.cpu_count()} cores of {cpu}."]
     text = "\n".join(lines)
     print(text)
     (work / "table1.md").write_text(text + "\n")

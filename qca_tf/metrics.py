@@ -158,6 +158,26 @@ def _points(name: str, points: Any) -> np.ndarray:
     return array
 
 
+def polar_kept(pred_labels: np.ndarray, gt_labels: np.ndarray, points_um: Any,
+               spacing_zyx: Sequence[float]) -> dict[str, int]:
+    """Where the polar bodies at ``points_um`` (N, 3; z, y, x in um, rounded to the nearest
+    voxel) ended up in ``pred_labels`` (z, y, x): ``"kept"``, in a predicted object that
+    lies mostly (>= half its voxels) outside the true nuclei of ``gt_labels``, i.e. counted
+    as a nucleus of its own; ``"merged"``, in a predicted object that is mostly a true
+    nucleus (that nucleus's mask grew over the polar body)."""
+    pred, gt = _same_shape(pred_labels, gt_labels)
+    pts = _points("points_um", points_um)
+    out = {"kept": 0, "merged": 0}
+    if not len(pts):
+        return out
+    idx = np.clip(np.rint(pts / np.asarray(spacing_zyx, np.float64)).astype(int), 0, np.array(pred.shape) - 1)
+    for k in pred[idx[:, 0], idx[:, 1], idx[:, 2]]:
+        if k:
+            own = pred == k
+            out["kept" if np.count_nonzero(gt[own]) * 2 < np.count_nonzero(own) else "merged"] += 1
+    return out
+
+
 def match_centres(pred_centres_um: Any, gt_centres_um: Any, max_distance_um: float) -> list[tuple[int, int]]:
     """One-to-one matching of predicted and GT centres (n, 3), both in um: the Hungarian
     assignment that matches as many pairs within ``max_distance_um`` (inclusive) as

@@ -6,7 +6,7 @@ import pytest
 
 from qca_tf.errors import InputError
 from qca_tf.metrics import (detection_from_masks, detection_scores, dice, evaluate, instance_matching, iou,
-                            match_centres, mucov, seg, summarize)
+                            match_centres, mucov, polar_kept, seg, summarize)
 
 SHAPE = (4, 4, 24)
 
@@ -170,3 +170,24 @@ def test_summarize():
     s = summarize(rows)
     assert s == {"iou": {"mean": 0.75, "sd": 0.25}, "tp@0.5": {"mean": 3.0, "sd": 1.0}}
     assert summarize([]) == {}
+
+
+def test_polar_kept_tells_an_own_object_from_a_grown_nucleus_mask():
+    gt = np.zeros((10, 20, 20), np.uint16)
+    gt[2:8, 2:8, 2:8] = 1          # a true nucleus
+    pred = np.zeros_like(gt)
+    pred[2:8, 2:8, 2:10] = 1       # the nucleus, its mask grown over a polar body at x = 9
+    pred[4:6, 14:16, 14:16] = 2    # a polar body predicted as a nucleus of its own
+    spacing = (2.0, 0.5, 0.5)
+    points = [[4.0 * 2.0, 4.0 * 0.5, 9.0 * 0.5],     # in the grown mask
+              [5.0 * 2.0, 14.6 * 0.5, 15.4 * 0.5],   # rounds into object 2
+              [1.0 * 2.0, 18.0 * 0.5, 18.0 * 0.5],   # dropped (background)
+              [9.9 * 2.0, 25.0, 25.0]]               # beyond the volume: clipped to the last voxel (background)
+    assert polar_kept(pred, gt, points, spacing) == {"kept": 1, "merged": 1}
+    assert polar_kept(pred, gt, np.zeros((0, 3)), spacing) == {"kept": 0, "merged": 0}
+    # an object half inside a true nucleus and half outside counts as that nucleus (merged)
+    pred2 = np.zeros_like(gt)
+    pred2[2:8, 2:8, 5:11] = 3
+    assert polar_kept(pred2, gt, [[4.0 * 2.0, 4.0 * 0.5, 10.0 * 0.5]], spacing) == {"kept": 0, "merged": 1}
+    with pytest.raises(InputError):
+        polar_kept(pred[:5], gt, points, spacing)
