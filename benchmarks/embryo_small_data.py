@@ -9,22 +9,31 @@ attenuated with depth). Validation uses a synthetic embryo and a dimmed copy of 
 training part only. For the fine-tuning stage of
 train_embryo_small.py: ``train_real/`` is the real training part alone,
 ``val_finetune/`` its dimmed copy (the fine-tuning's best epoch) and ``val_real/`` the
-real kinds of shift (the dimmed copy and the training part as a simulated later stage,
-another noise seed), on which the networks and the NSN threshold are chosen.
+real kinds of shift, on which the networks and the thresholds are chosen: the dimmed
+copy, the training part as a simulated later stage (another noise seed), and two mosaics
+of the training part's nuclei scaled 0.55-1.0x and packed 1-2 voxels apart (seeds 60
+and 61, the second through the later-stage simulation), so that the choice sees small
+nuclei pressed against big ones; ``val_polar/`` holds polar bodies, which must not be
+kept as nuclei (two mosaics with 3 each, ``add_polar_bodies``, and two synthetic embryos
+with 2 each; their centres in ``val_polar/polar.json``).
 Options change the training folder only (validation and test stay
 fixed): ``--real-copies N`` samples the real part N times as often, ``--soft-edge LOW
 HIGH`` gives the synthetic training nuclei the real annotation's soft intensity edge,
 ``--late-synth N`` adds N synthetic later-stage embryos (16 smaller nuclei) to train/
-(and one, another seed, to val_real/, so that the choice sees small nuclei too).
+(and one, another seed, to val_real/), ``--mosaics N`` adds N mosaics of the training
+part's nuclei (seeds 40 upwards, ``real_mosaic``) to train/, ``--mosaic-polar N`` puts N
+polar bodies beside the nuclei of each.
 
-    python benchmarks/embryo_small_data.py OUT [--real DIR] [--real-copies N] [--soft-edge LOW HIGH] [--late-synth N]
+    python benchmarks/embryo_small_data.py OUT [--real DIR] [--real-copies N] [--soft-edge LOW HIGH]
+        [--late-synth N] [--mosaics N] [--mosaic-polar N]
 
-writes OUT/train, OUT/val, OUT/train_real, OUT/val_finetune, OUT/val_real, OUT/test (images/ nsn/ ndn/ labels/ each; test has labels only
+writes OUT/train, OUT/val, OUT/train_real, OUT/val_finetune, OUT/val_real, OUT/val_polar, OUT/test (images/ nsn/ ndn/ labels/ each; test has labels only
 besides images) with ImageJ voxel sizes 0.8 x 0.8 x 1.75 um.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -196,6 +205,46 @@ def real_mosaic(image: np.ndarray, labels: np.ndarray, ndn: np.ndarray, seed: in
     return np.clip(np.rint(out), 0, 65535).astype(np.uint16), lab, cen
 
 
+def add_polar_bodies(image: np.ndarray, labels: np.ndarray, source_image: np.ndarray, source_labels: np.ndarray,
+                     n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``image`` (z, y, x, uint16) with ``n`` polar bodies added beside the nuclei of
+    ``labels``, which they do not join (they are not nuclei: labels and NDN targets stay as
+    they are). Each is a small bright ellipsoid as ``qca_tf.synthetic`` draws them (semi-axes
+    1.5-2.5 um, 1.3-1.7x the 90th percentile of the source nuclei's signal above
+    background), blurred like the microscope's PSF, with 10 % multiplicative noise, 2.4-6
+    um from the nearest nucleus (outside its cell, as in the perivitelline space). Returns (image uint16, polar-body centres (n, 3) z, y, x
+    in um). Its own random stream: the image without polar bodies is unchanged."""
+    rng = np.random.default_rng([seed, 7])
+    spacing = np.array([VOXEL.z, VOXEL.y, VOXEL.x])
+    bg = float(np.percentile(source_image, 5))
+    ref = float(np.percentile(source_image[source_labels > 0].astype(np.float32) - bg, 90))
+    dist = ndimage.distance_transform_edt(labels == 0, sampling=spacing)
+    zz, yy, xx = np.indices(labels.shape, dtype=np.float32)
+    body = np.zeros(labels.shape, np.float32)
+    centres: list[np.ndarray] = []
+    for _ in range(n):
+        semi = rng.uniform(1.5, 2.5) * np.exp(rng.normal(0.0, 0.08, 3))
+        margin = np.ceil(semi / spacing).astype(int) + 1
+        ok = (dist >= semi.max() + 2.4) & (dist <= semi.max() + 6.0)
+        inner = np.zeros_like(ok)
+        inner[tuple(slice(m, -m) for m in margin)] = True
+        ok &= inner
+        for c in centres:  # apart from the polar bodies already placed
+            ok &= ((zz - c[0] / spacing[0]) * spacing[0]) ** 2 + ((yy - c[1] / spacing[1]) * spacing[1]) ** 2 \
+                + ((xx - c[2] / spacing[2]) * spacing[2]) ** 2 > (2 * semi.max() + 2.0) ** 2
+        cand = np.argwhere(ok)
+        if not len(cand):
+            raise ValueError(f"add_polar_bodies: no room for polar body {len(centres) + 1} of {n} (seed {seed})")
+        c = cand[rng.integers(len(cand))] * spacing
+        r2 = sum(((g * s_ - c_) / a) ** 2 for g, s_, c_, a in zip((zz, yy, xx), spacing, c, semi))
+        body += np.where(r2 <= 1.0, float(rng.uniform(1.3, 1.7)) * ref, 0.0).astype(np.float32)
+        centres.append(c)
+    body = ndimage.gaussian_filter(body, sigma=np.array([0.9, 0.3, 0.3]) / spacing)
+    body *= 1.0 + 0.1 * rng.normal(size=body.shape).astype(np.float32)
+    out = image.astype(np.float32) + np.clip(body, 0.0, None)
+    return np.clip(np.rint(out), 0, 65535).astype(np.uint16), np.array(centres, np.float64).reshape(-1, 3)
+
+
 def embryo_config(seed: int, **changes) -> synthetic.SynthConfig:
     """The synthetic 8-cell embryo of these folders (48 x 112 x 112 voxels at the real
     stack's voxel size, 8 nuclei of radius 4.5-7.5 um, 2 touching pairs, a polar body,
@@ -236,11 +285,15 @@ def main(argv: list[str] | None = None) -> int:
                          "train/, and one more in val_real/")
     ap.add_argument("--mosaics", type=int, default=0, metavar="N",
                     help="N embryos of the real training part's nuclei, scaled and packed (real_mosaic) in train/")
+    ap.add_argument("--mosaic-polar", type=int, default=0, metavar="N",
+                    help="N polar bodies (bright, small, not nuclei) beside the nuclei of each training mosaic")
     a = ap.parse_args(argv)
     if not 0 <= a.late_synth <= 19:  # training seeds 11.. must stay below val_real's seed 30
         ap.error("--late-synth: 0 to 19 embryos")
     if not 0 <= a.mosaics <= 19:  # training seeds 40.. must stay below val_real's seeds 60, 61
         ap.error("--mosaics: 0 to 19 embryos")
+    if not 0 <= a.mosaic_polar <= 4:
+        ap.error("--mosaic-polar: 0 to 4 polar bodies per mosaic")
     image = io.read_stack(a.real / "image.tif")
     labels, n = ndimage.label(io.read_stack(a.real / "nsn_gt.tif") > 0)
     ndn = io.read_stack(a.real / "ndn_gt.tif")
@@ -257,7 +310,10 @@ def main(argv: list[str] | None = None) -> int:
     for k in range(a.late_synth):
         late_synthetic_embryo(a.out / "train", seed=11 + k, name=f"synth_late{11 + k}.tif")
     for k in range(a.mosaics):
-        write(a.out / "train", f"mosaic{40 + k}.tif", *real_mosaic(image[left], labels[left], ndn[left], seed=40 + k))
+        m_im, m_lab, m_cen = real_mosaic(image[left], labels[left], ndn[left], seed=40 + k)
+        if a.mosaic_polar:
+            m_im, _ = add_polar_bodies(m_im, m_lab, image[left], labels[left], a.mosaic_polar, seed=40 + k)
+        write(a.out / "train", f"mosaic{40 + k}.tif", m_im, m_lab, m_cen)
     write(a.out / "val", "real_left_dim.tif", dimmed(image[left], 5), labels[left], ndn[left])
     synthetic_embryos(a.out / "val", seed=3, timepoints=1, prefix="synth3")
     write(a.out / "train_real", "real_left.tif", image[left], labels[left], ndn[left])
@@ -274,11 +330,24 @@ def main(argv: list[str] | None = None) -> int:
     write(a.out / "val_real", "mosaic61_late.tif", *later_stage(mosaic_im, mosaic_lab, seed=9, zoom=1.0), None)
     if a.late_synth:
         late_synthetic_embryo(a.out / "val_real", seed=30, name="synth_late30.tif")
+    # polar bodies, which must not be kept as nuclei: two mosaics with 3 each and two
+    # synthetic embryos with 2 each; their centres (z, y, x um) in val_polar/polar.json
+    polar = {}
+    for k in (62, 63):
+        m_im, m_lab, _ = real_mosaic(image[left], labels[left], ndn[left], seed=k)
+        m_im, centres = add_polar_bodies(m_im, m_lab, image[left], labels[left], 3, seed=k)
+        write(a.out / "val_polar", f"mosaic{k}_polar.tif", m_im, m_lab, None)
+        polar[f"mosaic{k}_polar.tif"] = centres.tolist()
+    for k in (70, 71):
+        frame = synthetic.make_series(embryo_config(k, timepoints=1, polar_bodies=2, division_interval=0))[0]
+        write(a.out / "val_polar", f"synth{k}_polar.tif", frame.image, frame.labels, None)
+        polar[f"synth{k}_polar.tif"] = frame.polar_centres_um.tolist()
+    (a.out / "val_polar" / "polar.json").write_text(json.dumps(polar, indent=1))
     test_lab, _ = ndimage.label(labels[right] > 0)
     write(a.out / "test", "real_right.tif", image[right], test_lab, None)
     late_im, late_lab = later_stage(image[right], test_lab, seed=7)
     write(a.out / "test", "real_right_late.tif", late_im, late_lab, None)
-    for split in ("train", "val", "train_real", "val_finetune", "val_real", "test"):
+    for split in ("train", "val", "train_real", "val_finetune", "val_real", "val_polar", "test"):
         names = sorted(p.name for p in (a.out / split / "images").glob("*.tif"))
         print(f"{split}: {', '.join(names)}")
     return 0

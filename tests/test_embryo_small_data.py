@@ -62,3 +62,27 @@ def test_mosaic_background_is_the_sources_background_and_the_seed_repeats(source
     assert np.median(img[lab > 0]) > np.percentile(far_src, 99)
     again = esd.real_mosaic(image, labels, ndn, seed=5, n_nuclei=5, shape=(32, 96, 96))
     assert np.array_equal(again[0], img) and np.array_equal(again[1], lab)
+
+
+def test_polar_bodies_sit_beside_the_nuclei_unlabelled_bright_and_seeded(source):
+    image, labels, ndn = source
+    img, lab, cen = esd.real_mosaic(image, labels, ndn, seed=5, n_nuclei=5, shape=(32, 96, 96))
+    out, centres = esd.add_polar_bodies(img, lab, image, labels, 3, seed=5)
+    assert out.dtype == np.uint16 and out.shape == img.shape and centres.shape == (3, 3)
+    spacing = np.array([esd.VOXEL.z, esd.VOXEL.y, esd.VOXEL.x])
+    dist = ndimage.distance_transform_edt(lab == 0, sampling=spacing)
+    idx = np.rint(centres / spacing).astype(int)
+    # not nuclei: in the background, 2.4-6 um beyond their own semi-axis (1.4-2.8 um) from the nearest nucleus
+    assert (lab[tuple(idx.T)] == 0).all() and (cen[tuple(idx.T)] == 0).all()
+    d = dist[tuple(idx.T)]
+    assert (d >= 1.4 + 2.4 - 0.5).all() and (d <= 2.8 + 6.0 + 0.5).all()
+    # apart from each other, brighter than the nuclei's typical signal, and only there
+    pair = np.linalg.norm(centres[:, None] - centres[None], axis=-1)[np.triu_indices(3, 1)]
+    assert (pair > 4.0).all()
+    assert (out[tuple(idx.T)] > np.percentile(img[lab > 0], 90)).all()
+    far = np.ones(lab.shape, bool)
+    far[tuple(idx.T)] = False
+    far = ndimage.distance_transform_edt(far, sampling=spacing) > 6.0
+    assert np.array_equal(out[far], img[far])
+    again, c2 = esd.add_polar_bodies(img, lab, image, labels, 3, seed=5)
+    assert np.array_equal(again, out) and np.array_equal(c2, centres)
