@@ -27,8 +27,10 @@ polar bodies beside the nuclei of each.
     python benchmarks/embryo_small_data.py OUT [--real DIR] [--real-copies N] [--soft-edge LOW HIGH]
         [--late-synth N] [--mosaics N] [--mosaic-polar N]
 
-writes OUT/train, OUT/val, OUT/train_real, OUT/val_finetune, OUT/val_real, OUT/val_polar, OUT/test (images/ nsn/ ndn/ labels/ each; test has labels only
-besides images) with ImageJ voxel sizes 0.8 x 0.8 x 1.75 um.
+writes OUT/train, OUT/val, OUT/train_real, OUT/val_finetune, OUT/val_real, OUT/val_polar and
+OUT/test, each with images/ labels/ nsn/; ndn/ (NDN targets) in train/, val/, train_real/
+and val_finetune/, and in val_real/ for real_left_dim only; val_polar/ also has polar.json.
+ImageJ voxel sizes 0.8 x 0.8 x 1.75 um.
 """
 from __future__ import annotations
 
@@ -294,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--mosaics: 0 to 19 embryos")
     if not 0 <= a.mosaic_polar <= 4:
         ap.error("--mosaic-polar: 0 to 4 polar bodies per mosaic")
+    if a.mosaic_polar and not a.mosaics:
+        ap.error("--mosaic-polar: needs --mosaics N > 0 (the polar bodies go beside the mosaics' nuclei)")
     image = io.read_stack(a.real / "image.tif")
     labels, n = ndimage.label(io.read_stack(a.real / "nsn_gt.tif") > 0)
     ndn = io.read_stack(a.real / "ndn_gt.tif")

@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"NDN detection F-measure (centres within the evaluation distance): {ndn_f['mean']:.3f} "
                      f"({ndn_f['sd']:.3f}); paper: 0.870 (on its real embryos)")
     if real:
-        lines += ["", f"Real stack ({a.real_test}), models {a.real_bundle}" + (f" and {a.real_unet}" if a.real_unet else ""),
+        lines += ([""] if lines else []) + [f"Real stack ({a.real_test}), models {a.real_bundle}" + (f" and {a.real_unet}" if a.real_unet else ""),
                   "", "| method | IoU | MUCov | SEG |", "|---|---|---|---|"]
         for method, s in real.items():
             lines.append(f"| {method} | {fmt(s, 'iou')} | {fmt(s, 'mucov')} | {fmt(s, 'seg')} |")
@@ -220,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     (work / "table1.md").write_text(text + "\n")
     (work / "table1.json").write_text(json.dumps({"synthetic": results, "real": real, "times_s": times,
-                                                  "epochs": epochs, "seed": a.seed}, indent=2))
+                                                  "epochs": None if a.real_only else epochs, "seed": a.seed},
+                                                 indent=2))
     return 0
 
 

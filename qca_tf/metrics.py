@@ -162,11 +162,13 @@ def polar_kept(pred_labels: np.ndarray, gt_labels: np.ndarray, points_um: Any,
                spacing_zyx: Sequence[float]) -> dict[str, int]:
     """Where the polar bodies at ``points_um`` (N, 3; z, y, x in um, rounded to the nearest
     voxel) ended up in ``pred_labels`` (z, y, x): ``"kept"``, in a predicted object that
-    lies mostly (>= half its voxels) outside the true nuclei of ``gt_labels``, i.e. counted
+    has more than half its voxels outside the true nuclei of ``gt_labels``, i.e. counted
     as a nucleus of its own; ``"merged"``, in a predicted object that is mostly a true
     nucleus (that nucleus's mask grew over the polar body)."""
     pred, gt = _same_shape(pred_labels, gt_labels)
     pts = _points("points_um", points_um)
+    if len(pts) and pts.shape[1] != pred.ndim:
+        raise InputError(f"polar body centres: expected (n, {pred.ndim}) z, y, x points, got shape {pts.shape}")
     out = {"kept": 0, "merged": 0}
     if not len(pts):
         return out

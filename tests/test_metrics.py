@@ -191,3 +191,5 @@ def test_polar_kept_tells_an_own_object_from_a_grown_nucleus_mask():
     assert polar_kept(pred2, gt, [[4.0 * 2.0, 4.0 * 0.5, 10.0 * 0.5]], spacing) == {"kept": 0, "merged": 1}
     with pytest.raises(InputError):
         polar_kept(pred[:5], gt, points, spacing)
+    with pytest.raises(InputError, match="z, y, x points"):
+        polar_kept(pred, gt, [[1.0, 2.0]], spacing)
