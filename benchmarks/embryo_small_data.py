@@ -221,7 +221,7 @@ def add_polar_bodies(image: np.ndarray, labels: np.ndarray, source_image: np.nda
     bg = float(np.percentile(source_image, 5))
     ref = float(np.percentile(source_image[source_labels > 0].astype(np.float32) - bg, 90))
     dist = ndimage.distance_transform_edt(labels == 0, sampling=spacing)
-    zz, yy, xx = np.indices(labels.shape, dtype=np.float32)
+    pos = np.moveaxis(np.indices(labels.shape, dtype=np.float32), 0, -1) * spacing  # (z, y, x, 3) um
     body = np.zeros(labels.shape, np.float32)
     centres: list[np.ndarray] = []
     for _ in range(n):
@@ -232,13 +232,12 @@ def add_polar_bodies(image: np.ndarray, labels: np.ndarray, source_image: np.nda
         inner[tuple(slice(m, -m) for m in margin)] = True
         ok &= inner
         for c in centres:  # apart from the polar bodies already placed
-            ok &= ((zz - c[0] / spacing[0]) * spacing[0]) ** 2 + ((yy - c[1] / spacing[1]) * spacing[1]) ** 2 \
-                + ((xx - c[2] / spacing[2]) * spacing[2]) ** 2 > (2 * semi.max() + 2.0) ** 2
+            ok &= ((pos - c) ** 2).sum(-1) > (2 * semi.max() + 2.0) ** 2
         cand = np.argwhere(ok)
         if not len(cand):
             raise ValueError(f"add_polar_bodies: no room for polar body {len(centres) + 1} of {n} (seed {seed})")
         c = cand[rng.integers(len(cand))] * spacing
-        r2 = sum(((g * s_ - c_) / a) ** 2 for g, s_, c_, a in zip((zz, yy, xx), spacing, c, semi))
+        r2 = (((pos - c) / semi) ** 2).sum(-1)
         body += np.where(r2 <= 1.0, float(rng.uniform(1.3, 1.7)) * ref, 0.0).astype(np.float32)
         centres.append(c)
     body = ndimage.gaussian_filter(body, sigma=np.array([0.9, 0.3, 0.3]) / spacing)

@@ -94,8 +94,7 @@ def candidates(work: Path) -> dict[str, tuple[Path, Path]]:
             for a in folder for b in folder}
 
 
-def choose(val: Path, pairs: dict[str, tuple[Path, Path]], polar: Path | None = None
-           ) -> tuple[str, float, float, dict]:
+def choose(val: Path, pairs: dict[str, tuple[Path, Path]], polar: Path) -> tuple[str, float, float, dict]:
     """(pair name, NSN threshold, NDN threshold, scores): among the settings that keep the
     fewest polar bodies of ``polar`` (images/ + labels/ + polar.json: their centres, z, y,
     x um, per image file) as nuclei of their own, the one with the best mean (IoU + MUCov)
@@ -112,14 +111,15 @@ def choose(val: Path, pairs: dict[str, tuple[Path, Path]], polar: Path | None = 
     init_tensorflow()
     voxel = VoxelSize.from_xyz([float(v) for v in VOXEL[1:]])
     truths = read_ground_truth(val, voxel)
-    polar_truths = read_ground_truth(polar, voxel) if polar is not None else []
-    centres = json.loads((polar / "polar.json").read_text()) if polar is not None else {}
+    polar_truths = read_ground_truth(polar, voxel)
+    centres = json.loads((polar / "polar.json").read_text())
+    n_polar = sum(len(c) for c in centres.values())
     infer = InferenceConfig()
     table = {}
     for name, (nsn, ndn) in pairs.items():
         nets = load_networks(nsn=nsn, ndn=ndn, infer_cfg=infer)
         volumes = cache_probabilities(nets, truths, infer, progress=False)
-        polar_volumes = cache_probabilities(nets, polar_truths, infer, progress=False) if polar_truths else []
+        polar_volumes = cache_probabilities(nets, polar_truths, infer, progress=False)
         for thr in NSN_THRESHOLDS:
             for ndn_thr in NDN_THRESHOLDS:
                 post = PostprocessConfig(nsn_threshold=thr, ndn_threshold=ndn_thr)
@@ -131,7 +131,7 @@ def choose(val: Path, pairs: dict[str, tuple[Path, Path]], polar: Path | None = 
                 table[(name, thr, ndn_thr)] = s
                 print(f"val_real: {name}, thresholds NSN {thr} NDN {ndn_thr}: (IoU + MUCov) / 2 = "
                       f"{(s['iou'] + s['mucov']) / 2:.4f} (IoU {s['iou']:.3f}, MUCov {s['mucov']:.3f}, "
-                      f"nuclei {s['nuclei']:.1f}); val_polar: of {sum(len(c) for c in centres.values())} polar "
+                      f"nuclei {s['nuclei']:.1f}); val_polar: of {n_polar} polar "
                       f"bodies {s['polar_kept']} kept as nuclei, {s['polar_merged']} in a nucleus's mask", flush=True)
     fewest = min(v["polar_kept"] for v in table.values())
     allowed = [k for k in table if table[k]["polar_kept"] == fewest]
