@@ -2,16 +2,18 @@
 with them, the unit ``qca-tf predict --model`` loads (by folder or by registered name,
 see :mod:`qca_tf.registry`).
 
-A bundle folder (format ``qca_tf.bundle/2``)::
+A bundle folder (format ``qca_tf.bundle/3``)::
 
-    qcanet.json   format, postprocess (PostprocessConfig), description (what data the
+    qcanet.json   format, postprocess (PostprocessConfig), tta (the test-time
+                  augmentation its thresholds were chosen with: 1, 4 or 8, see
+                  :data:`qca_tf.infer.TTA_TRANSFORMS`), description (what data the
                   networks were trained on), voxel_size_um (x, y, z of that data, or
                   null), qca_tf_version
     nsn/, ndn/    model folders (see :mod:`qca_tf.modelio`)
 
-Format 1 (``{"format": "qca_tf.bundle/1", "postprocess": {...}}``) is migrated on load
-(no description, no voxel size); a newer format is refused with a ModelError that says
-to upgrade qca_tf.
+Formats 1 (``{"format": "qca_tf.bundle/1", "postprocess": {...}}``: no description, no
+voxel size) and 2 (no tta: 1) are migrated on load; a newer format is refused with a
+ModelError that says to upgrade qca_tf.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import __version__
-from .config import InferenceConfig, PostprocessConfig, from_dict, read_json, to_dict, write_json_atomic
+from .config import TTA_CHOICES, InferenceConfig, PostprocessConfig, from_dict, read_json, to_dict, write_json_atomic
 from .errors import ConfigError, ModelError
 from .modelio import (CONFIG_NAME, LoadedModel, check_input_channels, copy_model_folder, format_version,
                       read_model_config)
@@ -31,9 +33,9 @@ log = logging.getLogger(__name__)
 
 BUNDLE_FILE = "qcanet.json"
 BUNDLE_FORMAT_NAME = "qca_tf.bundle"
-BUNDLE_FORMAT_VERSION = 2
+BUNDLE_FORMAT_VERSION = 3
 BUNDLE_FORMAT = f"{BUNDLE_FORMAT_NAME}/{BUNDLE_FORMAT_VERSION}"
-_KEYS = {"format", "postprocess", "description", "voxel_size_um", "qca_tf_version"}
+_KEYS = {"format", "postprocess", "tta", "description", "voxel_size_um", "qca_tf_version"}
 
 
 @dataclass
@@ -45,6 +47,7 @@ class Bundle:
     description: str = ""
     voxel_size_um: tuple[float, float, float] | None = None
     info: dict = field(default_factory=dict)
+    tta: int = 1  # the test-time augmentation ``qca-tf predict`` uses by default (InferenceConfig.tta)
 
     @property
     def nsn(self) -> Path:
@@ -94,12 +97,20 @@ def _check_voxel(voxel_size_um, where: str) -> tuple[float, float, float] | None
     return voxel  # type: ignore[return-value]
 
 
+def _check_tta(tta, where: str) -> int:
+    if isinstance(tta, bool) or tta not in TTA_CHOICES:
+        raise ConfigError(f"{where}: tta {tta!r} is not one of {', '.join(map(str, TTA_CHOICES))}")
+    return int(tta)
+
+
 def save_bundle(folder: str | os.PathLike, postprocess_cfg: PostprocessConfig, *, description: str = "",
-                voxel_size_um: tuple[float, float, float] | None = None) -> None:
+                voxel_size_um: tuple[float, float, float] | None = None, tta: int = 1) -> None:
     """Mark ``folder`` (holding model folders ``nsn/`` and ``ndn/``) as a QCANet bundle.
     ``description`` says what data the networks learnt from (shown by ``qca-tf models``),
-    ``voxel_size_um`` (x, y, z) that data's voxel size."""
+    ``voxel_size_um`` (x, y, z) that data's voxel size, ``tta`` the test-time augmentation
+    (1, 4 or 8) ``qca-tf predict`` uses by default, the one its thresholds were chosen with."""
     folder = Path(folder)
+    tta = _check_tta(tta, str(folder))
     for task in ("nsn", "ndn"):
         if not (folder / task / CONFIG_NAME).exists():
             raise ModelError(f"{folder / task}: not a model folder (no {CONFIG_NAME})")
@@ -108,13 +119,13 @@ def save_bundle(folder: str | os.PathLike, postprocess_cfg: PostprocessConfig, *
             raise ModelError(f"{folder / task}: is a {info['task']} model, not an {task.upper()}")
     voxel = _check_voxel(voxel_size_um, str(folder))
     write_json_atomic(folder / BUNDLE_FILE, {
-        "format": BUNDLE_FORMAT, "postprocess": to_dict(postprocess_cfg), "description": str(description),
+        "format": BUNDLE_FORMAT, "postprocess": to_dict(postprocess_cfg), "tta": tta, "description": str(description),
         "voxel_size_um": None if voxel is None else list(voxel), "qca_tf_version": __version__})
 
 
 def make_bundle(out: str | os.PathLike, nsn: str | os.PathLike, ndn: str | os.PathLike,
                 postprocess_cfg: PostprocessConfig, *, description: str = "",
-                voxel_size_um: tuple[float, float, float] | None = None) -> Path:
+                voxel_size_um: tuple[float, float, float] | None = None, tta: int = 1) -> Path:
     """Copy model folders ``nsn`` and ``ndn`` into ``out/nsn`` and ``out/ndn`` in the
     current weights-only format (no optimiser state, no training logs) and write
     ``out/qcanet.json``. A source that already is ``out/nsn`` (or ``out/ndn``) stays."""
@@ -123,7 +134,7 @@ def make_bundle(out: str | os.PathLike, nsn: str | os.PathLike, ndn: str | os.Pa
         read_model_config(src)  # a missing or broken folder fails before anything is written
         if (out / task).resolve() != src.resolve():
             copy_model_folder(src, out / task)
-    save_bundle(out, postprocess_cfg, description=description, voxel_size_um=voxel_size_um)
+    save_bundle(out, postprocess_cfg, description=description, voxel_size_um=voxel_size_um, tta=tta)
     return out
 
 
@@ -133,7 +144,10 @@ def _migrate(meta: dict, version: int, path: Path) -> dict:
         log.debug("%s: migrating bundle format 1 to %d", path, BUNDLE_FORMAT_VERSION)
         meta.setdefault("description", "")
         meta.setdefault("voxel_size_um", None)
-        meta["format"] = BUNDLE_FORMAT
+        version = 2
+    if version == 2:  # 2 -> 3: tta added (before it, predict ran without test-time augmentation)
+        meta.setdefault("tta", 1)
+    meta["format"] = BUNDLE_FORMAT
     return meta
 
 
@@ -159,7 +173,8 @@ def read_bundle(folder: str | os.PathLike) -> Bundle:
     description = meta.get("description") or ""
     if not isinstance(description, str):
         raise ConfigError(f"{path}: description {description!r} is not a string")
-    return Bundle(folder, post, description, _check_voxel(meta.get("voxel_size_um"), str(path)), meta)
+    return Bundle(folder, post, description, _check_voxel(meta.get("voxel_size_um"), str(path)), meta,
+                  _check_tta(meta.get("tta", 1), str(path)))
 
 
 def load_networks(*, nsn: str | os.PathLike | None = None, ndn: str | os.PathLike | None = None,

@@ -14,7 +14,7 @@ import click
 
 from qca_tf import __version__
 from qca_tf.config import (DEFAULT_LOSS, LOSSES, MATCH_DISTANCE_UM, NORMALIZATIONS, OPTIMIZERS, PRECISIONS, PRESETS,
-                            DataConfig, InferenceConfig, PostprocessConfig, TrainConfig)
+                            TTA_CHOICES, DataConfig, InferenceConfig, PostprocessConfig, TrainConfig)
 from qca_tf.errors import QcaError
 
 log = logging.getLogger("qca_tf")
@@ -446,14 +446,17 @@ def _parse_shard(value: str | None) -> tuple[int, int]:
 @click.option("--engine", type=click.Choice(["auto", "tensorflow", "openvino"]), default="auto", show_default=True,
               help="auto: OpenVINO on a CPU where it is installed (bf16 on CPUs with AMX/AVX512_BF16), "
                    "TensorFlow on a GPU.")
+@click.option("--tta", type=click.Choice([str(n) for n in TTA_CHOICES]), default=None,
+              help="Test-time augmentation: average the networks over 1 (none), 4 (x/y flips) or 8 (flips and xy "
+                   "quarter turns) transforms of each volume; costs as many network passes [the bundle's, else 1].")
 @click.option("--save-masks", is_flag=True, help="Also write the NSN and NDN masks (OUT/nsn, OUT/ndn).")
 @click.option("--no-quicklook", is_flag=True, help="Skip the per-time-point quick-look PNGs.")
 @click.option("--overwrite", is_flag=True, help="Redo time points that are already finished.")
 @click.option("--shard", default=None, metavar="I/N", help="Process every N-th time point starting at I (job arrays).")
 @click.option("--sequential", is_flag=True, help="Do not overlap reading/watershed with the networks.")
 def predict(inputs, out_dir: Path, bundle, nsn, ndn, voxel_size, channels, nsn_threshold, ndn_threshold, min_marker_size,
-            marker_gap, min_volume, precision, tile, max_memory, batch_size, jit, engine, save_masks, no_quicklook,
-            overwrite, shard, sequential) -> None:
+            marker_gap, min_volume, precision, tile, max_memory, batch_size, jit, engine, tta, save_masks,
+            no_quicklook, overwrite, shard, sequential) -> None:
     """Segment INPUTS (3D TIFFs, 4D t-z-y-x TIFFs or folders) into instance labels and criteria.
 
     Writes OUT/labels/, OUT/criteria.csv (per time point), OUT/nuclei.csv (per
@@ -468,14 +471,16 @@ def predict(inputs, out_dir: Path, bundle, nsn, ndn, voxel_size, channels, nsn_t
     shard_t = _parse_shard(shard)
     if bundle is None and nsn is None:
         raise click.UsageError("give --model BUNDLE (a folder or a name) or --nsn DIR (and --ndn DIR)")
-    infer_cfg = InferenceConfig(precision=precision, tile=tuple(tile) if tile else None, max_memory_gb=max_memory,
-                                jit=jit, batch_size=batch_size, engine=engine)
     from qca_tf.predict import preflight
     from qca_tf.bundle import read_bundle
     from qca_tf.registry import resolve
 
+    meta = read_bundle(resolve(bundle)) if bundle else None
+    infer_cfg = InferenceConfig(precision=precision, tile=tuple(tile) if tile else None, max_memory_gb=max_memory,
+                                jit=jit, batch_size=batch_size, engine=engine,
+                                tta=int(tta) if tta is not None else (meta.tta if meta else 1))
     # inputs, voxel sizes, output folder and memory are checked before TensorFlow and the models load
-    preflight(list(inputs), out_dir, model_folder=nsn or (read_bundle(resolve(bundle)).nsn if bundle else None),
+    preflight(list(inputs), out_dir, model_folder=nsn or (meta.nsn if meta else None),
               channels=tuple(channels), voxel_size=VoxelSize.from_xyz(voxel_size) if voxel_size else None)
     from qca_tf.bundle import load_networks
     from qca_tf.engines import resolve_engine, resolve_inference
@@ -580,8 +585,11 @@ def export(model_dir: Path, out_dir: Path, overwrite: bool) -> None:
 @click.option("--description", default="", help="What data the networks learnt from (shown by `qca-tf models`).")
 @click.option("--voxel-size", nargs=3, type=float, default=None, metavar="X Y Z",
               help="Voxel size (um, x y z) of the training images (shown by `qca-tf models`).")
+@click.option("--tta", type=click.Choice([str(n) for n in TTA_CHOICES]), default="1", show_default=True,
+              help="Test-time augmentation `qca-tf predict` uses with this bundle by default: the one the "
+                   "thresholds were chosen with.")
 def bundle(nsn: Path, ndn: Path, out_dir: Path, nsn_threshold, ndn_threshold, min_marker_size, marker_gap, min_volume,
-           description, voxel_size) -> None:
+           description, voxel_size, tta) -> None:
     """Combine an NSN and an NDN model folder and post-processing parameters into one
     QCANet bundle for `qca-tf predict --model` (weights only: no optimiser state)."""
     from qca_tf.config import PostprocessConfig
@@ -592,7 +600,7 @@ def bundle(nsn: Path, ndn: Path, out_dir: Path, nsn_threshold, ndn_threshold, mi
     post = PostprocessConfig(nsn_threshold=nsn_threshold, ndn_threshold=ndn_threshold,
                              min_marker_size=min_marker_size, min_volume_um3=min_volume, marker_gap_um=marker_gap)
     make_bundle(out_dir, nsn, ndn, post, description=description,
-                voxel_size_um=tuple(voxel_size) if voxel_size else None)
+                voxel_size_um=tuple(voxel_size) if voxel_size else None, tta=int(tta))
     click.echo(f"bundle written to {out_dir}")
 
 

@@ -274,6 +274,10 @@ class PostprocessConfig:
                and self.marker_gap_um >= 0, s, "marker_gap_um", f"{self.marker_gap_um!r} must be a number >= 0")
 
 
+#: Test-time augmentation: how many xy transforms prediction averages (qca_tf.infer.TTA_TRANSFORMS).
+TTA_CHOICES = (1, 4, 8)
+
+
 @dataclass(frozen=True)
 class InferenceConfig:
     """Prediction. ``tile`` (z, y, x) forces tiling; otherwise the whole volume is
@@ -285,6 +289,7 @@ class InferenceConfig:
     jit: bool = False
     batch_size: int = 1
     engine: str = "tensorflow"   # tensorflow, openvino or auto (qca_tf.engines)
+    tta: int = 1                 # test-time augmentation: 1 (none), 4 (xy flips) or 8 (+ xy quarter turns)
 
     def __post_init__(self) -> None:
         s = "inference"
@@ -297,6 +302,8 @@ class InferenceConfig:
         _check(isinstance(self.batch_size, int) and self.batch_size >= 1, s, "batch_size", "must be >= 1")
         _check(self.engine in ("auto", "tensorflow", "openvino"), s, "engine",
                f"{self.engine!r} is not one of auto, tensorflow, openvino")
+        _check(self.tta in TTA_CHOICES and not isinstance(self.tta, bool), s, "tta",
+               f"{self.tta!r} is not one of {', '.join(map(str, TTA_CHOICES))} (xy transforms averaged)")
 
 
 # --------------------------------------------------------------------------- JSON

@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import Callable
 import numpy as np
 
-from .config import PRECISIONS, InferenceConfig, ModelConfig
+from .config import PRECISIONS, TTA_CHOICES, InferenceConfig, ModelConfig
 from .errors import ConfigError, InputError
 from .modelio import LoadedModel, SavedModelWrapper, check_input_channels, load_model_folder
 from .models import activation_bytes_per_voxel, tile_margin
@@ -177,17 +177,59 @@ def _pad_into_scratch(volume: np.ndarray, multiple: int) -> tuple[np.ndarray, tu
     return out, core
 
 
+#: Test-time augmentation: the xy transforms (quarter turns k, flip of x) averaged for
+#: ``InferenceConfig.tta`` = 1, 4 or 8. They are the symmetries training augments with
+#: (x/y flips, xy 90-degree rotations; the network grid is isotropic); z is never flipped
+#: (real stacks dim with depth). 4 = the flips (identity, x, y, both = half turn); 8 = D4.
+TTA_TRANSFORMS: dict[int, tuple[tuple[int, bool], ...]] = {
+    1: ((0, False),),
+    4: ((0, False), (0, True), (2, True), (2, False)),
+    8: ((0, False), (0, True), (2, True), (2, False), (1, False), (1, True), (3, False), (3, True)),
+}
+assert tuple(TTA_TRANSFORMS) == TTA_CHOICES
+
+
+def _transform(volume: np.ndarray, turns: int, flip_x: bool) -> np.ndarray:
+    """(z, y, x, ...) turned ``turns`` quarter turns in the yx plane, then x flipped."""
+    out = np.rot90(volume, turns, axes=(1, 2))
+    return out[:, :, ::-1] if flip_x else out
+
+
+def _untransform(prob: np.ndarray, turns: int, flip_x: bool) -> np.ndarray:
+    """The inverse of :func:`_transform` on (z, y, x, ...)."""
+    prob = prob[:, :, ::-1] if flip_x else prob
+    return np.rot90(prob, -turns, axes=(1, 2))
+
+
 def predict_probabilities(loaded: LoadedModel, volume: np.ndarray, cfg: InferenceConfig) -> np.ndarray:
     """Foreground probability (softmax channel 1), (z, y, x) float32, for a (z, y, x)
     volume (or (z, y, x, c) for a model with c input channels) already normalised and on
     the network grid. Whole volume at once when it fits ``cfg.max_memory_gb`` (and
-    ``cfg.tile`` is None), else tiles batched ``cfg.batch_size``."""
+    ``cfg.tile`` is None), else tiles batched ``cfg.batch_size``. With ``cfg.tta`` > 1,
+    the mean over the :data:`TTA_TRANSFORMS` of the volume, each prediction turned back."""
     volume = np.asarray(volume)
     if volume.ndim == 3:
         volume = volume[..., None]
     if volume.ndim != 4 or min(volume.shape) < 1:
         raise InputError(f"expected a 3D (z, y, x) volume, got shape {volume.shape}")
     check_input_channels(loaded, volume.shape[-1], "the image")
+    transforms = TTA_TRANSFORMS[cfg.tta]
+    if len(transforms) == 1:
+        return _predict_once(loaded, volume, cfg)
+    total: np.ndarray | None = None
+    for turns, flip_x in transforms:
+        prob = _untransform(_predict_once(loaded, np.ascontiguousarray(_transform(volume, turns, flip_x)), cfg),
+                            turns, flip_x)
+        if total is None:
+            total = np.array(prob, dtype=np.float32)  # a copy in memory (the tiled output may be a scratch file)
+        else:
+            total += prob
+    total /= np.float32(len(transforms))
+    return total
+
+
+def _predict_once(loaded: LoadedModel, volume: np.ndarray, cfg: InferenceConfig) -> np.ndarray:
+    """:func:`predict_probabilities` of one (z, y, x, c) volume without test-time augmentation."""
     mc = loaded.model_cfg
     on_disk = (math.prod(-(-n // mc.multiple) * mc.multiple for n in volume.shape) * 4
                > SCRATCH_FRACTION * cfg.max_memory_gb * 2**30 and cfg.tile is None)

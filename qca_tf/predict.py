@@ -362,7 +362,7 @@ def predict_series(inputs: list[str | os.PathLike], out_dir: str | os.PathLike, 
     mine = [(i, tp) for i, tp in enumerate(tps) if i % shard_n == shard_i]
     voxels = {source: io.voxel_size_of(source, opts.voxel_size)  # fail before any work, not at time point 57
               for source in dict.fromkeys(tp.source for _, tp in mine)}
-    identity = resume.run_identity(nets, resolve_engine(infer_cfg.engine))
+    identity = resume.run_identity(nets, resolve_engine(infer_cfg.engine), infer_cfg.tta)
     sources = {tp.name: resume.input_identity(tp, voxels[tp.source]) for _, tp in mine}
     with resume.run_lock(out):
         resume.remove_stale_temps(out)

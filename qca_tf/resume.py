@@ -73,14 +73,20 @@ def model_hash(folder: str | os.PathLike) -> str:
     return _sha256(files)
 
 
-def run_identity(nets, engine: str) -> dict:
+#: What a record made before an inference setting existed ran with.
+_INFERENCE_BEFORE = {"tta": 1}
+_INFERENCE_FLAGS = {"tta": "--tta"}
+
+
+def run_identity(nets, engine: str, tta: int = 1) -> dict:
     """What, besides the input, decides a time point's result: models (hashes), post-processing,
-    engine and precision, qca_tf version. Hashes the model files once (call once per run)."""
+    engine, precision and test-time augmentation, qca_tf version. Hashes the model files once
+    (call once per run)."""
     return {"qca_tf_version": __version__,
             "models": {"nsn": model_hash(nets.nsn.folder),
                        "ndn": None if nets.ndn is None else model_hash(nets.ndn.folder)},
             "postprocess": to_dict(nets.postprocess),
-            "inference": {"engine": engine, "precision": nets.precision}}
+            "inference": {"engine": engine, "precision": nets.precision, "tta": tta}}
 
 
 def input_identity(tp, voxel) -> dict:
@@ -121,9 +127,9 @@ def difference(recorded: dict, identity: dict, source: dict) -> str | None:
                 return f"before {flag} existed (by an older qca_tf; now {flag} {new})"
             return f"with {flag} {old_post.get(key)} (now {new})"
     for key, new in identity["inference"].items():
-        old = (old_run.get("inference") or {}).get(key)
+        old = (old_run.get("inference") or {}).get(key, _INFERENCE_BEFORE.get(key))
         if old != new:
-            return f"with {key} {old} (now {new})"
+            return f"with {_INFERENCE_FLAGS.get(key, key)} {old} (now {new})"
     if old_in.get("path") != source["path"]:
         return f"from another input file ({old_in.get('path')}, now {source['path']})"
     if (old_in.get("size"), old_in.get("mtime_ns")) != (source["size"], source["mtime_ns"]):

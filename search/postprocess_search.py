@@ -294,14 +294,15 @@ def config_of(params: dict[str, Any]) -> PostprocessConfig:
 
 def write_bundle(out: Path, source, post: PostprocessConfig, note: str) -> Path:
     """OUT/bundle/: the source bundle's networks (copied as :func:`qca_tf.bundle.make_bundle`
-    copies them) with ``post``; built beside it and renamed into place."""
+    copies them) with ``post`` and the source's tta; built beside it and renamed into place."""
     from qca_tf.bundle import make_bundle
 
     dst, tmp, old = out / "bundle", out / ".bundle.tmp", out / ".bundle.old"
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.rmtree(old, ignore_errors=True)
     description = "; ".join(p for p in (source.description, note) if p)
-    make_bundle(tmp, source.nsn, source.ndn, post, description=description, voxel_size_um=source.voxel_size_um)
+    make_bundle(tmp, source.nsn, source.ndn, post, description=description, voxel_size_um=source.voxel_size_um,
+                tta=source.tta)
     if dst.exists():
         dst.rename(old)
     tmp.rename(dst)
@@ -340,7 +341,7 @@ def search_postprocess(cfg: PostSearchSettings, *, storage_url: str | None = Non
     truths = read_ground_truth(cfg.data, VoxelSize.from_xyz(cfg.voxel_size) if cfg.voxel_size else None)
     writable_folder(out)  # every check above runs before anything is written
     storage = open_storage(storage_url, out)
-    infer_cfg = resolve_inference(InferenceConfig())
+    infer_cfg = resolve_inference(InferenceConfig(tta=source.tta))  # scored as predict runs this bundle
     nets = load_networks(bundle=folder, infer_cfg=infer_cfg)
     shipped = nets.postprocess
     space = make_space(shipped, nets, truths)

@@ -119,27 +119,33 @@ def _meta(folder, payload: dict) -> None:
     (folder / "qcanet.json").write_text(json.dumps(payload))
 
 
-def test_bundle_round_trip_and_format_1_migration(bundles, tmp_path):
+def test_bundle_round_trip_and_format_1_2_migration(bundles, tmp_path):
     root, _ = bundles
     out = make_bundle(tmp_path / "b", root / "mixed" / "nsn", root / "mixed" / "ndn",
                       PostprocessConfig(nsn_threshold=0.4, min_marker_size=3), description="two test networks",
-                      voxel_size_um=(0.8, 0.8, 1.75))
+                      voxel_size_um=(0.8, 0.8, 1.75), tta=8)
     meta = read_json(out / "qcanet.json")
-    assert meta["format"] == BUNDLE_FORMAT == "qca_tf.bundle/2"
+    assert meta["format"] == BUNDLE_FORMAT == "qca_tf.bundle/3" and meta["tta"] == 8
     b = read_bundle(out)
     assert b.postprocess == PostprocessConfig(nsn_threshold=0.4, min_marker_size=3)
-    assert b.description == "two test networks" and b.voxel_size_um == (0.8, 0.8, 1.75)
+    assert b.description == "two test networks" and b.voxel_size_um == (0.8, 0.8, 1.75) and b.tta == 8
     _meta(out, {"format": "qca_tf.bundle/1", "postprocess": {"nsn_threshold": 0.3, "ndn_threshold": 0.6,
                                                               "min_marker_size": 2}})
     old = read_bundle(out)
     assert old.postprocess == PostprocessConfig(nsn_threshold=0.3, ndn_threshold=0.6, min_marker_size=2)
     assert old.description == "" and old.voxel_size_um is None and old.info["format"] == BUNDLE_FORMAT
+    assert old.tta == 1
     assert load_networks(bundle=out, infer_cfg=F32).postprocess.nsn_threshold == 0.3
+    _meta(out, {"format": "qca_tf.bundle/2", "postprocess": {}, "description": "d", "voxel_size_um": None})
+    two = read_bundle(out)
+    assert two.tta == 1 and two.description == "d"  # format 2 predicted without test-time augmentation
 
 
 @pytest.mark.parametrize("payload,error,pattern", [
-    ({"format": "qca_tf.bundle/3", "postprocess": {}}, ModelError,
-     "written in qca_tf.bundle format 3 by a newer qca_tf; .*upgrade qca_tf"),
+    ({"format": "qca_tf.bundle/4", "postprocess": {}}, ModelError,
+     "written in qca_tf.bundle format 4 by a newer qca_tf; .*upgrade qca_tf"),
+    ({"format": "qca_tf.bundle/3", "postprocess": {}, "tta": 2}, ConfigError, "tta 2 is not one of 1, 4, 8"),
+    ({"format": "qca_tf.bundle/3", "postprocess": {}, "tta": True}, ConfigError, "tta True is not one of"),
     ({"format": "qcanet", "postprocess": {}}, ModelError, "format 'qcanet' is not a qca_tf.bundle format"),
     ({"format": "qca_tf.bundle/2", "postprocess": {}, "thresholds": 1}, ConfigError, "unknown key 'thresholds'"),
     ({"format": "qca_tf.bundle/2", "postprocess": {"nsn_threshold": 2}}, ConfigError,

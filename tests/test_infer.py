@@ -143,3 +143,48 @@ def test_tile_shapes_do_not_retrace():
     (fn,) = loaded.forward_cache.values()
     # many distinct tile shapes, one trace (dynamic input signature)
     assert fn.experimental_get_tracing_count() == 1
+
+
+def _d4(vol: np.ndarray, turns: int, flip_x: bool) -> np.ndarray:
+    """A (z, y, x) volume turned in yx and flipped in x, written with transposes (not np.rot90)."""
+    for _ in range(turns % 4):  # one quarter turn: new[y', x'] = old[x', Y - 1 - y']
+        vol = np.transpose(vol, (0, 2, 1))[:, ::-1, :]
+    return vol[:, :, ::-1] if flip_x else vol
+
+
+def test_tta_is_the_mean_over_transforms_and_equivariant():
+    """tta=8 averages the network over the 8 xy transforms (each turned back): the result
+    equals that mean computed independently, and it commutes with every one of those
+    transforms (y != x, so a transpose mix-up shows); tta=4 commutes with the flips."""
+    loaded = _loaded(ModelConfig(depth=1, init_channels=4, kernel_size=3))
+    vol = _volume((6, 10, 14))  # multiples of 2: no padding, so the transforms commute exactly
+    plain = infer.predict_probabilities(loaded, vol, InferenceConfig())
+    tta8 = infer.predict_probabilities(loaded, vol, InferenceConfig(tta=8))
+    assert tta8.shape == vol.shape and tta8.dtype == np.float32
+    ops = [(t, f) for t in range(4) for f in (False, True)]
+    # the inverse of a quarter turn is three more; the inverse of (turn, then flip) is (flip, then turn back)
+    reference = np.mean([_d4(_d4(_whole(loaded, np.ascontiguousarray(_d4(vol, t, f))), 0, f), 4 - t, False)
+                         for t, f in ops], axis=0)
+    np.testing.assert_allclose(tta8, reference, atol=1e-5)
+    assert np.abs(tta8 - plain).max() > 0.01  # the random network is not symmetric: averaging changes it
+    for t, f in ops:
+        moved = infer.predict_probabilities(loaded, np.ascontiguousarray(_d4(vol, t, f)), InferenceConfig(tta=8))
+        np.testing.assert_allclose(moved, _d4(tta8, t, f), atol=1e-5)
+    tta4 = infer.predict_probabilities(loaded, vol, InferenceConfig(tta=4))
+    for t, f in [(0, True), (2, False), (2, True)]:
+        moved = infer.predict_probabilities(loaded, np.ascontiguousarray(_d4(vol, t, f)), InferenceConfig(tta=4))
+        np.testing.assert_allclose(moved, _d4(tta4, t, f), atol=1e-5)
+    assert np.abs(tta4 - tta8).max() > 1e-3
+
+
+def test_tta_tiled_equals_whole():
+    loaded = _loaded(ModelConfig(depth=1, init_channels=4, kernel_size=3))
+    vol = _volume((11, 19, 26))
+    whole = infer.predict_probabilities(loaded, vol, InferenceConfig(tta=8))
+    tiled = infer.predict_probabilities(loaded, vol, InferenceConfig(tta=8, tile=(8, 8, 8), batch_size=2))
+    np.testing.assert_allclose(tiled, whole, atol=1e-3)
+
+
+def test_tta_choices():
+    with pytest.raises(ConfigError, match="tta"):
+        InferenceConfig(tta=2)

@@ -69,6 +69,8 @@ def test_rerun_with_other_threshold_model_or_input_is_refused(two, trained_bundl
                    "t0000 was made with --nsn-threshold 0.5 (now 0.3)", "--overwrite")
     one_line_error(invoke("-q", "predict", images, "--model", bundle, "--out", out, "--marker-gap", 0, *QUIET),
                    "t0000 was made with --marker-gap 0.8 (now 0.0)", "--overwrite")
+    one_line_error(invoke("-q", "predict", images, "--model", bundle, "--out", out, "--tta", 4, *QUIET),
+                   "t0000 was made with --tta 1 (now 4)", "--overwrite")
     # another model: same files but the NDN's config differs by one byte
     other = tmp_path / "bundle"
     shutil.copytree(bundle, other)
@@ -292,3 +294,42 @@ def test_record_from_before_a_parameter_existed_says_so():
                         "qca_tf_version": "0.1.0"}, "input": {}}
     message = resume.difference(recorded, identity, {"path": "x.tif"})
     assert message == "before --marker-gap existed (by an older qca_tf; now --marker-gap 0.8)"
+
+
+def test_record_from_before_tta_counts_as_without_it():
+    """Records written before --tta existed were made without test-time augmentation: the
+    same run without it is skipped as before, one with it is refused."""
+    from qca_tf import resume
+
+    run = {"models": {"nsn": "a" * 64, "ndn": None}, "postprocess": {"nsn_threshold": 0.5},
+           "qca_tf_version": "0.1.0"}
+    source = {"path": "x.tif", "size": 1, "mtime_ns": 2, "index": None, "channels": None,
+              "voxel_size_um": [0.8, 0.8, 1.75]}
+    recorded = {"run": {**run, "inference": {"engine": "tensorflow", "precision": "float32"}}, "input": source}
+    now = {**run, "inference": {"engine": "tensorflow", "precision": "float32", "tta": 1}}
+    assert resume.difference(recorded, now, source) is None
+    now["inference"]["tta"] = 8
+    assert resume.difference(recorded, now, source) == "with --tta 1 (now 8)"
+
+
+def test_bundle_tta_is_predicts_default(trained_bundle, synth_dataset, tmp_path):
+    """A bundle recording tta 8 predicts as --tta 8 does with the same networks, and says so in run.json."""
+    from qca_tf.bundle import read_bundle, save_bundle
+
+    bundle, _ = trained_bundle
+    root, _ = synth_dataset
+    images = _images(root / "images", tmp_path / "images", names=("t0000",))
+    with_tta = tmp_path / "bundle8"
+    shutil.copytree(bundle, with_tta)
+    src = read_bundle(bundle)
+    save_bundle(with_tta, src.postprocess, description=src.description, voxel_size_um=src.voxel_size_um, tta=8)
+    res = invoke("predict", images, "--model", with_tta, "--out", tmp_path / "a", *QUIET)
+    assert res.exit_code == 0, res.output
+    res = invoke("predict", images, "--model", bundle, "--tta", 8, "--out", tmp_path / "b", *QUIET)
+    assert res.exit_code == 0, res.output
+    for out in ("a", "b"):
+        run = json.loads((tmp_path / out / "run.json").read_text())
+        assert run["inference"]["tta"] == 8 and run["identity"]["inference"]["tta"] == 8
+    a = tifffile.imread(tmp_path / "a" / "labels" / "t0000.tif")
+    assert a.max() > 0
+    np.testing.assert_array_equal(a, tifffile.imread(tmp_path / "b" / "labels" / "t0000.tif"))

@@ -69,7 +69,8 @@ def case(tmp_path_factory):
         cfg = ModelConfig(name=task, depth=2, init_channels=4)
         save_model_folder(root / "bundle" / task, build_unet(cfg), task=task, model_cfg=cfg, spacing_um=0.8,
                           data_cfg=DataConfig())
-    save_bundle(root / "bundle", SHIPPED, description="tiny untrained networks", voxel_size_um=(0.8, 0.8, 1.75))
+    save_bundle(root / "bundle", SHIPPED, description="tiny untrained networks", voxel_size_um=(0.8, 0.8, 1.75),
+                tta=4)
     recipe = GridRecipe.from_data_config(0.8, DataConfig())
     maps = {}
     for tp in series:
@@ -81,13 +82,20 @@ def case(tmp_path_factory):
 
 @pytest.fixture
 def known_networks(case, monkeypatch):
-    """predict.segment answers the known maps; returns the list of its calls."""
+    """predict.segment answers the known maps; returns the list of its calls (volume
+    shapes; ``.ttas``: the test-time augmentation each was asked for)."""
     _, _, maps = case
-    calls = []
+
+    class Calls(list):
+        ttas: list[int] = []
+
+    calls = Calls()
+    calls.ttas = []
 
     def segment(nets, volumes, cfg):
         volume = next(iter(volumes.values()))
         calls.append(volume.shape)
+        calls.ttas.append(cfg.tta)
         return maps[hashlib.sha1(volume.tobytes()).hexdigest()]
 
     monkeypatch.setattr(predict, "segment", segment)
@@ -106,6 +114,7 @@ def test_search_finds_the_known_thresholds_and_resumes(case, known_networks, tmp
     result = invoke(*args, "--trials", 30)
     assert result.exit_code == 0, result.output
     assert len(known_networks) == 2  # the networks ran once per volume, not once per trial
+    assert known_networks.ttas == [4, 4]  # as predict runs the bundle: with its test-time augmentation
     rows = _trials(out)
     assert len(rows) == 30 and all(r["state"] == "COMPLETE" for r in rows)
     assert rows[0]["warm_start"] and float(rows[0]["nsn_threshold"]) == 0.5  # the bundle's settings first
@@ -124,7 +133,7 @@ def test_search_finds_the_known_thresholds_and_resumes(case, known_networks, tmp
     assert "before (bundle's settings)" in result.output and "after (tuned)" in result.output
 
     bundle = read_bundle(out / "bundle")
-    assert bundle.postprocess == tuned and bundle.voxel_size_um == (0.8, 0.8, 1.75)
+    assert bundle.postprocess == tuned and bundle.voxel_size_um == (0.8, 0.8, 1.75) and bundle.tta == 4
     assert "tuned by qca-tf search qcanet" in bundle.description
     for task in ("nsn", "ndn"):  # the same networks
         assert (out / "bundle" / task / "weights.h5").read_bytes() == \
