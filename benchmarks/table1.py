@@ -94,13 +94,14 @@ def ndn_detection(pred_ndn: Path, gt_ndn: Path, names: list[str]) -> list[float]
 
 
 def predict_and_score(out: Path, test: Path, *, nsn: Path, ndn: Path | None, post: PostprocessConfig,
-                      voxel: VoxelSize | None = None) -> dict:
-    """Predict ``test/images`` with NSN (+ NDN) into ``out``; evaluation summary (mean, sd)."""
+                      voxel: VoxelSize | None = None, tta: int = 1) -> dict:
+    """Predict ``test/images`` with NSN (+ NDN) into ``out`` (``tta`` xy transforms averaged);
+    evaluation summary (mean, sd)."""
     from qca_tf.bundle import load_networks
     from qca_tf.evaluate import evaluate_series
     from qca_tf.predict import PredictOptions, predict_series
 
-    infer = InferenceConfig()
+    infer = InferenceConfig(tta=tta)
     nets = load_networks(nsn=nsn, ndn=ndn, infer_cfg=infer, postprocess_cfg=post)
     predict_series([test / "images"], out, nets, infer,
                    PredictOptions(overwrite=True, progress=False, quicklook=False, save_masks=True, voxel_size=voxel))
@@ -179,12 +180,13 @@ def main(argv: list[str] | None = None) -> int:
 
         meta = read_bundle(resolve(a.real_bundle))
         voxel = VoxelSize.from_xyz(meta.voxel_size_um) if meta.voxel_size_um else None
-        runs = {"QCANet": (meta.nsn, meta.ndn), "QCANet without NDN": (meta.nsn, None)}
+        runs = {"QCANet": (meta.nsn, meta.ndn, meta.tta), "QCANet without NDN": (meta.nsn, None, meta.tta)}
         if a.real_unet is not None:
-            runs["3D U-Net"] = (a.real_unet, None)
-        for method, (nsn, ndn) in runs.items():
+            runs["3D U-Net"] = (a.real_unet, None, 1)
+        for method, (nsn, ndn, tta) in runs.items():  # the bundle's networks as predict runs them (its tta)
             out = work / "pred_real" / method.replace(" ", "_")
-            real[method] = predict_and_score(out, a.real_test, nsn=nsn, ndn=ndn, post=meta.postprocess, voxel=voxel)
+            real[method] = predict_and_score(out, a.real_test, nsn=nsn, ndn=ndn, post=meta.postprocess, voxel=voxel,
+                                             tta=tta)
 
     total = time.perf_counter() - t0
     lines = (["| method | IoU | MUCov | SEG | polar bodies kept | paper IoU | paper MUCov |", "|---|---|---|---|---|---|---|"]

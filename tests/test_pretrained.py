@@ -2,6 +2,8 @@
 `predict --model embryo-small`, and it finds every nucleus of an embryo at its voxel size."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 from cli_helpers import invoke
@@ -30,6 +32,8 @@ def test_embryo_small_finds_every_nucleus_of_a_synthetic_embryo(tmp_path):
     res = invoke("-q", "predict", tmp_path / "data" / "images", "--model", "embryo-small", "--out", tmp_path / "out",
                  "--no-quicklook")
     assert res.exit_code == 0, res.output
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert run["inference"]["tta"] == read_bundle(registry.resolve("embryo-small")).tta  # the bundle's, by default
     labels = read_stack(tmp_path / "out" / "labels" / "t0000.tif")
     truth = read_stack(tmp_path / "data" / "labels" / "t0000.tif")
     assert np.count_nonzero(np.unique(labels)) == np.count_nonzero(np.unique(truth)) == 6
