@@ -40,13 +40,16 @@ class ModelEntry:
     voxel_size_um: tuple[float, float, float] | None
     spacing_um: float
     size_bytes: int
+    tta: int = 1
+
 
     def line(self) -> str:
-        """One line: name, what data, voxel size, grid, size on disk."""
+        """One line: name, what data, voxel size, grid, test-time augmentation (when used), size on disk."""
         voxel = ("voxels " + " x ".join(f"{v:g}" for v in self.voxel_size_um) + " um (x y z)"
                  if self.voxel_size_um else "voxel size not recorded")
         what = self.description or "no description"
-        return f"{self.name}: {what}; {voxel}, grid {self.spacing_um:g} um; {_human(self.size_bytes)}"
+        tta = f"predicts with --tta {self.tta}; " if self.tta > 1 else ""
+        return f"{self.name}: {what}; {voxel}, grid {self.spacing_um:g} um; {tta}{_human(self.size_bytes)}"
 
 
 def _human(n: int) -> str:
@@ -115,7 +118,7 @@ def describe(name: str, folder: Path) -> ModelEntry:
     meta = read_bundle(folder)
     info, _ = read_model_config(meta.nsn)
     return ModelEntry(name, folder, meta.description, meta.voxel_size_um, float(info["spacing_um"]),
-                      folder_size(folder))
+                      folder_size(folder), meta.tta)
 
 
 def list_models(extra_roots: Roots = None) -> list[ModelEntry]:

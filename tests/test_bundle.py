@@ -234,6 +234,14 @@ def test_listing(registered, monkeypatch):
     assert res.exit_code == 0 and res.output.strip() == entry.line()
 
 
+def test_listing_says_when_a_model_predicts_with_tta(bundles, tmp_path):
+    root, _ = bundles
+    make_bundle(tmp_path / "r" / "tta-embryo", root / "same" / "nsn", root / "same" / "ndn", PostprocessConfig(),
+                description="d", tta=8)
+    (entry,) = [e for e in registry.list_models([tmp_path / "r"]) if e.name == "tta-embryo"]
+    assert entry.tta == 8 and "grid 0.8 um; predicts with --tta 8; " in entry.line()
+
+
 def test_unknown_names(registered, monkeypatch, bundles, tmp_path):
     with pytest.raises(ModelError, match="^nope: not a model folder nor a known model name; known names: tiny-embryo"):
         registry.resolve("nope", [registered])
