@@ -48,7 +48,9 @@ NETWORK = "qcanet"
 PARAMS = ("nsn_threshold", "ndn_threshold", "min_marker_size", "marker_gap_um", "min_volume_um3")
 THRESHOLDS = (0.05, 0.95)
 METRICS = ("mucov", "seg", "det_f1", "iou", "nuclei")
-IDENTITY_KEYS = ("network", "model", "data", "space")
+IDENTITY_KEYS = ("network", "model", "data", "space", "tta")
+#: What a study made before a key existed was made with.
+_IDENTITY_BEFORE = {"tta": 1}
 
 
 @dataclass(frozen=True)
@@ -256,8 +258,9 @@ def open_post_study(cfg: PostSearchSettings, ident: dict[str, Any], storage) -> 
             study.set_user_attr(k, v)
         return study
     for k in IDENTITY_KEYS:
-        if attrs.get(k) != ident[k]:
-            what = {"network": "network", "model": "--model", "data": "--data", "space": "search space"}[k]
+        if attrs.get(k, _IDENTITY_BEFORE.get(k)) != ident[k]:
+            what = {"network": "network", "model": "--model", "data": "--data", "space": "search space",
+                    "tta": "test-time augmentation (the bundle's tta)"}[k]
             raise ConfigError(f"study {cfg.study!r} in {redact(cfg.storage) if cfg.storage else cfg.out} was "
                               f"created for another {what} ({attrs.get(k)} vs {ident[k]}); use another --study "
                               f"or --out")
@@ -346,7 +349,7 @@ def search_postprocess(cfg: PostSearchSettings, *, storage_url: str | None = Non
     shipped = nets.postprocess
     space = make_space(shipped, nets, truths)
     ident = {"network": NETWORK, "model": str(folder.resolve()), "data": str(Path(cfg.data).resolve()),
-             "space": space.to_json()}
+             "space": space.to_json(), "tta": source.tta}
     st.route_optuna_logs()  # one summary at the end, not a line per trial
     study = open_post_study(cfg, ident, storage)
     recover_dead(study)

@@ -152,6 +152,16 @@ def test_search_finds_the_known_thresholds_and_resumes(case, known_networks, tmp
     calls = len(known_networks)
     one_line_error(invoke(*args[:2], "--model", tmp_path / "other", *args[4:], "--trials", 40), "another --model")
     assert len(known_networks) == calls and len(_trials(out)) == 36
+    # ... and so does its test-time augmentation: the same bundle folder with another tta is refused too
+    src = read_bundle(root / "bundle")
+    try:
+        save_bundle(root / "bundle", src.postprocess, description=src.description, voxel_size_um=src.voxel_size_um,
+                    tta=8)
+        one_line_error(invoke(*args, "--trials", 40), "another test-time augmentation", "4 vs 8")
+    finally:
+        save_bundle(root / "bundle", src.postprocess, description=src.description, voxel_size_um=src.voxel_size_um,
+                    tta=src.tta)
+    assert len(known_networks) == calls and len(_trials(out)) == 36
 
     # the new bundle predicts with the real (untrained) networks
     monkeypatch.undo()
