@@ -182,8 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         voxel = VoxelSize.from_xyz(meta.voxel_size_um) if meta.voxel_size_um else None
         runs = {"QCANet": (meta.nsn, meta.ndn, meta.tta), "QCANet without NDN": (meta.nsn, None, meta.tta)}
         if a.real_unet is not None:
-            runs["3D U-Net"] = (a.real_unet, None, 1)
-        for method, (nsn, ndn, tta) in runs.items():  # the bundle's networks as predict runs them (its tta)
+            runs["3D U-Net"] = (a.real_unet, None, meta.tta)
+        for method, (nsn, ndn, tta) in runs.items():  # as predict runs the bundle (its tta), the U-Net alike
             out = work / "pred_real" / method.replace(" ", "_")
             real[method] = predict_and_score(out, a.real_test, nsn=nsn, ndn=ndn, post=meta.postprocess, voxel=voxel,
                                              tta=tta)

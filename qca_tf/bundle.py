@@ -17,6 +17,7 @@ ModelError that says to upgrade qca_tf.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -99,7 +100,7 @@ def _check_voxel(voxel_size_um, where: str) -> tuple[float, float, float] | None
 
 def _check_tta(tta, where: str) -> int:
     if isinstance(tta, bool) or tta not in TTA_CHOICES:
-        raise ConfigError(f"{where}: tta {tta!r} is not one of {', '.join(map(str, TTA_CHOICES))}")
+        raise ConfigError(f"{where}: tta {json.dumps(tta)} is not one of {', '.join(map(str, TTA_CHOICES))}")
     return int(tta)
 
 

@@ -424,16 +424,19 @@ def _parse_shard(value: str | None) -> tuple[int, int]:
               help="NDN model folder or SavedModel export (without it: connected components of NSN).")
 @_voxel_option
 @_channel_option
-@click.option("--nsn-threshold", type=float, default=None, help=f"NSN probability threshold [{_P.nsn_threshold}].")
-@click.option("--ndn-threshold", type=float, default=None, help=f"NDN probability threshold [{_P.ndn_threshold}].")
+@click.option("--nsn-threshold", type=float, default=None,
+              help=f"NSN probability threshold [the bundle's, else {_P.nsn_threshold}].")
+@click.option("--ndn-threshold", type=float, default=None,
+              help=f"NDN probability threshold [the bundle's, else {_P.ndn_threshold}].")
 @click.option("--min-marker-size", type=click.IntRange(0), default=None,
-              help=f"Drop NDN components smaller than this many voxels (network grid) [{_P.min_marker_size}].")
+              help=f"Drop NDN components smaller than this many voxels (network grid) "
+                   f"[the bundle's, else {_P.min_marker_size}].")
 @click.option("--marker-gap", type=click.FloatRange(0), default=None, metavar="UM",
               help=f"Join NDN components separated by at most this gap in µm (fragments of one centre); 0 keeps "
-                   f"them apart [{_P.marker_gap_um:g}].")
+                   f"them apart [the bundle's, else {_P.marker_gap_um:g}].")
 @click.option("--min-volume", type=click.FloatRange(0), default=None, metavar="UM3",
               help=f"Drop instances smaller than this volume in µm³ (fragments, not nuclei); 0 keeps all "
-                   f"[{_P.min_volume_um3:g}].")
+                   f"[the bundle's, else {_P.min_volume_um3:g}].")
 @click.option("--precision", type=click.Choice(PRECISIONS),
               default=PRECISIONS[0], show_default=True, help="auto: mixed_float16 on a GPU, float32 on a CPU.")
 @click.option("--tile", nargs=3, type=click.IntRange(1), default=None, metavar="Z Y X",
@@ -481,7 +484,8 @@ def predict(inputs, out_dir: Path, bundle, nsn, ndn, voxel_size, channels, nsn_t
                                 tta=int(tta) if tta is not None else (meta.tta if meta else 1))
     # inputs, voxel sizes, output folder and memory are checked before TensorFlow and the models load
     preflight(list(inputs), out_dir, model_folder=nsn or (meta.nsn if meta else None),
-              channels=tuple(channels), voxel_size=VoxelSize.from_xyz(voxel_size) if voxel_size else None)
+              channels=tuple(channels), voxel_size=VoxelSize.from_xyz(voxel_size) if voxel_size else None,
+              tta=infer_cfg.tta)
     from qca_tf.bundle import load_networks
     from qca_tf.engines import resolve_engine, resolve_inference
 

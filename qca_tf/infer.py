@@ -216,23 +216,27 @@ def predict_probabilities(loaded: LoadedModel, volume: np.ndarray, cfg: Inferenc
     transforms = TTA_TRANSFORMS[cfg.tta]
     if len(transforms) == 1:
         return _predict_once(loaded, volume, cfg)
-    total: np.ndarray | None = None
+    # the sum lives where one prediction would (a scratch file for a volume far above the budget)
+    total = (scratch_array(volume.shape[:3]) if _on_disk(loaded.model_cfg, volume.shape, cfg)
+             else np.zeros(volume.shape[:3], np.float32))
     for turns, flip_x in transforms:
-        prob = _untransform(_predict_once(loaded, np.ascontiguousarray(_transform(volume, turns, flip_x)), cfg),
-                            turns, flip_x)
-        if total is None:
-            total = np.array(prob, dtype=np.float32)  # a copy in memory (the tiled output may be a scratch file)
-        else:
-            total += prob
+        # a view: the padding in _predict_once makes the one copy of the turned volume
+        total += _untransform(_predict_once(loaded, _transform(volume, turns, flip_x), cfg), turns, flip_x)
     total /= np.float32(len(transforms))
     return total
+
+
+def _on_disk(mc: ModelConfig, shape_zyxc: tuple[int, ...], cfg: InferenceConfig) -> bool:
+    """Whether the padded (z, y, x, c) input goes to a scratch file (more than
+    SCRATCH_FRACTION of the budget, and no forced tiles)."""
+    padded = math.prod(-(-n // mc.multiple) * mc.multiple for n in shape_zyxc[:3]) * shape_zyxc[3]
+    return padded * 4 > SCRATCH_FRACTION * cfg.max_memory_gb * 2**30 and cfg.tile is None
 
 
 def _predict_once(loaded: LoadedModel, volume: np.ndarray, cfg: InferenceConfig) -> np.ndarray:
     """:func:`predict_probabilities` of one (z, y, x, c) volume without test-time augmentation."""
     mc = loaded.model_cfg
-    on_disk = (math.prod(-(-n // mc.multiple) * mc.multiple for n in volume.shape) * 4
-               > SCRATCH_FRACTION * cfg.max_memory_gb * 2**30 and cfg.tile is None)
+    on_disk = _on_disk(mc, volume.shape, cfg)
     if on_disk:  # only reached by volumes far above whole-volume size: they are tiled below
         padded, crop = _pad_into_scratch(volume.astype(np.float32, copy=False), mc.multiple)
     else:
@@ -242,7 +246,7 @@ def _predict_once(loaded: LoadedModel, volume: np.ndarray, cfg: InferenceConfig)
     core = _choose_core(mc, padded.shape[:3], cfg, margin, _itemsize(loaded))
     if core is None:
         log.debug("predicting the whole volume %s", padded.shape)
-        return np.ascontiguousarray(run(padded[None])[0][crop])
+        return np.ascontiguousarray(run(np.ascontiguousarray(padded[None]))[0][crop])
 
     tiles = plan_tiles(padded.shape[:3], core, margin, mc.multiple)
     log.debug("predicting %s in %d tiles (core %s, margin %d, batch %d)", padded.shape, len(tiles), core, margin,

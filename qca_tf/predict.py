@@ -216,6 +216,24 @@ def discover(inputs: list[str | os.PathLike], channels: tuple[int, ...] | None =
     return tps
 
 
+def check_tta(nets: Networks, tta: int) -> None:
+    """Warn when test-time augmentation averages over transforms a network was not trained
+    with (its recorded ``data.flips`` / ``data.rot90``, the quarter turns only with square
+    xy patches): its predictions on those views are guesses, not a consensus."""
+    for net in (nets.nsn, nets.ndn):
+        if net is None or tta == 1:
+            continue
+        data = net.info.get("data") or {}
+        patch = data.get("patch") or (0, 0, 0)
+        missing = [what for what, trained, needed in (
+            ("x/y flips", data.get("flips", True), tta >= 4),
+            ("xy quarter turns", data.get("rot90", True) and patch[1] == patch[2], tta == 8)) if needed and not trained]
+        if missing and data:
+            log.warning("%s: --tta %d averages over %s that the %s was not trained with; --tta %d keeps to what "
+                        "it learnt", net.folder, tta, " and ".join(missing), net.task.upper(),
+                        4 if missing == ["xy quarter turns"] else 1)
+
+
 THIN_UM = 5.0  # a small nucleus's diameter: a thinner stack cuts every nucleus
 
 
@@ -243,12 +261,13 @@ def _gb(n: float) -> str:
 
 
 def preflight(inputs: list[str | os.PathLike], out_dir: str | os.PathLike, *, model_folder=None,
-              channels: tuple[int, ...] = (), voxel_size: io.VoxelSize | None = None) -> None:
+              channels: tuple[int, ...] = (), voxel_size: io.VoxelSize | None = None, tta: int = 1) -> None:
     """The checks of a predict job that need neither TensorFlow nor pixels, run before the models
     load: every input readable with z, y, x axes (and the channels), a voxel size for each, the
     output folder writable, one time point's working set within the free memory (refused, with
     its size, before reading), and a warning for a stack thinner than a nucleus. ``model_folder``
-    (the NSN's, optional) gives the network grid and the channels a multi-channel model records."""
+    (the NSN's, optional) gives the network grid and the channels a multi-channel model records;
+    ``tta`` > 1 adds a turned copy of the input and one more prediction to the working set."""
     from .errors import QcaError
     from .modelio import read_model_config
 
@@ -277,7 +296,8 @@ def preflight(inputs: list[str | os.PathLike], out_dir: str | os.PathLike, *, mo
         grid = raw
         if spacing:  # float32 volume per channel, NSN + NDN probabilities and int32 labels on the network grid
             grid_voxels = (z * voxel.z / spacing) * (y * voxel.y / spacing) * (x * voxel.x / spacing)
-            grid = grid_voxels * (4 * n_c + 12)
+            per_voxel = 4 * n_c + 12 + (4 * n_c + 4 if tta > 1 else 0)  # tta: the turned input, one transform's output
+            grid = grid_voxels * per_voxel
         need = raw + grid
         if free is not None and need > free:
             raise InputError(f"{source}: a time point of {z} x {y} x {x} voxels ({_gb(raw)} as stored) needs about "
@@ -353,7 +373,7 @@ def predict_series(inputs: list[str | os.PathLike], out_dir: str | os.PathLike, 
     A finished time point made by another model, other parameters or another input is an
     OutputError (before any work); a bad time point (NaN voxels) does not stop the others:
     the run finishes them, writes the tables and then raises one InputError naming it."""
-    from .engines import resolve_engine
+    from .engines import resolve_inference
 
     out = Path(out_dir)
     tps = discover(inputs, opts.channels, opts.default_channels)
@@ -362,7 +382,8 @@ def predict_series(inputs: list[str | os.PathLike], out_dir: str | os.PathLike, 
     mine = [(i, tp) for i, tp in enumerate(tps) if i % shard_n == shard_i]
     voxels = {source: io.voxel_size_of(source, opts.voxel_size)  # fail before any work, not at time point 57
               for source in dict.fromkeys(tp.source for _, tp in mine)}
-    identity = resume.run_identity(nets, resolve_engine(infer_cfg.engine), infer_cfg.tta)
+    check_tta(nets, infer_cfg.tta)
+    identity = resume.run_identity(nets, resolve_inference(infer_cfg))
     sources = {tp.name: resume.input_identity(tp, voxels[tp.source]) for _, tp in mine}
     with resume.run_lock(out):
         resume.remove_stale_temps(out)
@@ -532,7 +553,7 @@ def _shard_records(out: Path, identity: dict, opts: PredictOptions, run: RunSumm
         old = json.loads((out / "run.json").read_text())
     except (OSError, ValueError):
         old = {}
-    shards = dict(old.get("shards") or {}) if old.get("identity") == identity else {}
+    shards = dict(old.get("shards") or {}) if resume.with_defaults(old.get("identity")) == identity else {}
     key = f"{opts.shard[0]}/{opts.shard[1]}"
     before = shards.get(key) or {}
     processed = list(dict.fromkeys([*(before.get("processed") or []), *run.processed]))

@@ -3,7 +3,8 @@ bookkeeping of ``qca-tf predict`` resume, concurrent runs and killed runs.
 
 * **Provenance**: beside each finished time point's ``OUT/nuclei/<name>.csv`` lies
   ``OUT/nuclei/<name>.json``: the run identity (sha256 of each model's config.json and
-  weights, post-processing parameters, engine and precision, qca_tf version) and the
+  weights, post-processing parameters, engine, the precision it runs at, test-time
+  augmentation, qca_tf version) and the
   input's identity (path, size, modification time, time index, channels, voxel size).
   A rerun skips a time point only when both match; otherwise :func:`check_finished`
   raises one OutputError naming what differs.
@@ -75,18 +76,28 @@ def model_hash(folder: str | os.PathLike) -> str:
 
 #: What a record made before an inference setting existed ran with.
 _INFERENCE_BEFORE = {"tta": 1}
-_INFERENCE_FLAGS = {"tta": "--tta"}
+_INFERENCE_FLAGS = {"tta": "--tta", "precision": "--precision", "engine": "--engine"}
 
 
-def run_identity(nets, engine: str, tta: int = 1) -> dict:
+def run_identity(nets, run_cfg) -> dict:
     """What, besides the input, decides a time point's result: models (hashes), post-processing,
-    engine, precision and test-time augmentation, qca_tf version. Hashes the model files once
-    (call once per run)."""
+    the engine, the precision it runs at and the test-time augmentation (``run_cfg``: the
+    InferenceConfig resolved by ``engines.resolve_inference``), qca_tf version. Hashes the
+    model files once (call once per run)."""
     return {"qca_tf_version": __version__,
             "models": {"nsn": model_hash(nets.nsn.folder),
                        "ndn": None if nets.ndn is None else model_hash(nets.ndn.folder)},
             "postprocess": to_dict(nets.postprocess),
-            "inference": {"engine": engine, "precision": nets.precision, "tta": tta}}
+            "inference": {"engine": run_cfg.engine, "precision": run_cfg.precision, "tta": run_cfg.tta}}
+
+
+def with_defaults(identity: dict | None) -> dict | None:
+    """A recorded run identity with the inference settings added since it was written filled
+    in as what it ran with (:data:`_INFERENCE_BEFORE`), to compare with a new one."""
+    if not identity:
+        return identity
+    inference = {**_INFERENCE_BEFORE, **(identity.get("inference") or {})}
+    return {**identity, "inference": inference}
 
 
 def input_identity(tp, voxel) -> dict:

@@ -258,11 +258,12 @@ def open_post_study(cfg: PostSearchSettings, ident: dict[str, Any], storage) -> 
             study.set_user_attr(k, v)
         return study
     for k in IDENTITY_KEYS:
-        if attrs.get(k, _IDENTITY_BEFORE.get(k)) != ident[k]:
+        recorded = attrs.get(k, _IDENTITY_BEFORE.get(k))
+        if recorded != ident[k]:
             what = {"network": "network", "model": "--model", "data": "--data", "space": "search space",
                     "tta": "test-time augmentation (the bundle's tta)"}[k]
             raise ConfigError(f"study {cfg.study!r} in {redact(cfg.storage) if cfg.storage else cfg.out} was "
-                              f"created for another {what} ({attrs.get(k)} vs {ident[k]}); use another --study "
+                              f"created for another {what} ({recorded} vs {ident[k]}); use another --study "
                               f"or --out")
     return study
 

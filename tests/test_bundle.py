@@ -145,7 +145,7 @@ def test_bundle_round_trip_and_format_1_2_migration(bundles, tmp_path):
     ({"format": "qca_tf.bundle/4", "postprocess": {}}, ModelError,
      "written in qca_tf.bundle format 4 by a newer qca_tf; .*upgrade qca_tf"),
     ({"format": "qca_tf.bundle/3", "postprocess": {}, "tta": 2}, ConfigError, "tta 2 is not one of 1, 4, 8"),
-    ({"format": "qca_tf.bundle/3", "postprocess": {}, "tta": True}, ConfigError, "tta True is not one of"),
+    ({"format": "qca_tf.bundle/3", "postprocess": {}, "tta": True}, ConfigError, "tta true is not one of"),
     ({"format": "qcanet", "postprocess": {}}, ModelError, "format 'qcanet' is not a qca_tf.bundle format"),
     ({"format": "qca_tf.bundle/2", "postprocess": {}, "thresholds": 1}, ConfigError, "unknown key 'thresholds'"),
     ({"format": "qca_tf.bundle/2", "postprocess": {"nsn_threshold": 2}}, ConfigError,
@@ -180,13 +180,14 @@ def test_bundle_cli_copies_weights_only(bundles, tmp_path):
         (src / task / "epochs.csv").write_text("epoch,loss,metric,lr,best\n")
         (src / task / ".resume").mkdir()
     res = invoke("bundle", "--nsn", src / "nsn", "--ndn", src / "ndn", "--out", tmp_path / "b",
-                 "--description", "test embryos", "--voxel-size", 0.8, 0.8, 1.75, "--nsn-threshold", 0.45)
+                 "--description", "test embryos", "--voxel-size", 0.8, 0.8, 1.75, "--nsn-threshold", 0.45,
+                 "--tta", 4)
     assert res.exit_code == 0, res.output
     for task in ("nsn", "ndn"):
         assert sorted(p.name for p in (tmp_path / "b" / task).iterdir()) == ["config.json", "weights.h5"]
     b = read_bundle(tmp_path / "b")
     assert b.description == "test embryos" and b.voxel_size_um == (0.8, 0.8, 1.75)
-    assert b.postprocess.nsn_threshold == 0.45
+    assert b.postprocess.nsn_threshold == 0.45 and b.tta == 4
 
 
 # ------------------------------------------------------------------ named models

@@ -210,10 +210,11 @@ def test_train_channel_missing_from_file_is_one_error(synth_dataset, tmp_path):
 # --------------------------------------------------------------------------- big volumes
 
 
-@pytest.mark.parametrize("channels,shape", [(1, (13, 21, 35)), (2, (9, 16, 17))])
-def test_tiled_prediction_on_disk_equals_in_memory(monkeypatch, channels, shape):
+@pytest.mark.parametrize("channels,shape,tta", [(1, (13, 21, 35), 1), (2, (9, 16, 17), 1), (2, (9, 16, 17), 8)])
+def test_tiled_prediction_on_disk_equals_in_memory(monkeypatch, channels, shape, tta):
     """Above SCRATCH_FRACTION of the budget the padded input and the output live in memory-mapped
-    temp files; the probabilities are the same (mirror padding included)."""
+    temp files; the probabilities are the same (mirror padding included). With test-time
+    augmentation the sum of the transforms' predictions is a scratch file too."""
     import keras
 
     from qca_tf import infer
@@ -225,14 +226,15 @@ def test_tiled_prediction_on_disk_equals_in_memory(monkeypatch, channels, shape)
     keras.utils.set_random_seed(0)
     loaded = LoadedModel(build_unet(cfg), cfg, "nsn", 0.8, folder=None)  # type: ignore[arg-type]
     volume = np.random.default_rng(1).random((*shape, channels), dtype=np.float32)
-    infer_cfg = InferenceConfig(max_memory_gb=2e-4)  # forces tiles
+    infer_cfg = InferenceConfig(max_memory_gb=2e-4, tta=tta)  # forces tiles
     in_memory = infer.predict_probabilities(loaded, volume, infer_cfg)
     made = []
     real = infer.scratch_array
     monkeypatch.setattr(infer, "scratch_array", lambda *a, **k: made.append(a) or real(*a, **k))
     monkeypatch.setattr(infer, "SCRATCH_FRACTION", 0.0)
     on_disk = infer.predict_probabilities(loaded, volume, infer_cfg)
-    assert len(made) == 2 and isinstance(on_disk, np.memmap)
+    # padded input and output per transform, and with tta the sum
+    assert len(made) == (2 if tta == 1 else 1 + 2 * tta) and isinstance(on_disk, np.memmap)
     assert on_disk.shape == in_memory.shape == shape
     np.testing.assert_array_equal(np.asarray(on_disk), in_memory)
     padded, crop = infer._pad_into_scratch(volume, 8)

@@ -249,6 +249,11 @@ def test_stack_too_large_for_memory_and_thin_stack(trained_bundle, synth_dataset
     monkeypatch.setattr(predict, "available_memory", lambda: 200_000)
     res = invoke("-q", "predict", root / "images" / "t0000.tif", "--model", bundle, "--out", tmp_path / "o")
     one_line_error(res, "t0000.tif: a time point of 16 x 64 x 64 voxels (131.1 KB as stored) needs about 2.4 MB", "more than the")
+    # test-time augmentation holds a turned copy of the input and one more prediction: 8 more bytes per grid voxel
+    monkeypatch.setattr(predict, "available_memory", lambda: 3_000_000)
+    predict.preflight([root / "images" / "t0000.tif"], tmp_path / "o", model_folder=bundle / "nsn", tta=1)
+    res = invoke("-q", "predict", root / "images" / "t0000.tif", "--model", bundle, "--out", tmp_path / "o", "--tta", 8)
+    one_line_error(res, "t0000.tif: a time point of 16 x 64 x 64 voxels (131.1 KB as stored) needs about 3.6 MB", "more than the")
     monkeypatch.undo()
     thin = tmp_path / "thin.tif"
     tifffile.imwrite(thin, np.ones((2, 32, 32), np.uint16), imagej=True, resolution=(1 / 0.8, 1 / 0.8),
@@ -333,3 +338,69 @@ def test_bundle_tta_is_predicts_default(trained_bundle, synth_dataset, tmp_path)
     a = tifffile.imread(tmp_path / "a" / "labels" / "t0000.tif")
     assert a.max() > 0
     np.testing.assert_array_equal(a, tifffile.imread(tmp_path / "b" / "labels" / "t0000.tif"))
+
+
+def test_identity_records_the_precision_the_engine_runs(trained_bundle):
+    """OpenVINO builds its networks from float32 Keras models (nets.precision) but runs them at
+    the resolved precision (bf16 where the CPU has bf16 units): the identity records the latter,
+    so a float32 rerun does not reuse bf16 results."""
+    from qca_tf import resume
+    from qca_tf.bundle import load_networks
+    from qca_tf.config import InferenceConfig
+
+    bundle, _ = trained_bundle
+    nets = load_networks(bundle=bundle, infer_cfg=InferenceConfig(engine="tensorflow", precision="float32"))
+    ran = InferenceConfig(engine="openvino", precision="mixed_bfloat16", tta=4)
+    assert nets.precision == "float32"
+    assert resume.run_identity(nets, ran)["inference"] == {"engine": "openvino", "precision": "mixed_bfloat16",
+                                                            "tta": 4}
+    old = {"run": resume.run_identity(nets, InferenceConfig(engine="openvino", precision="float32")),
+           "input": {"path": "x.tif", "size": 1, "mtime_ns": 2, "index": None, "channels": None,
+                     "voxel_size_um": [0.8, 0.8, 1.75]}}
+    assert resume.difference(old, resume.run_identity(nets, InferenceConfig(engine="openvino",
+                                                                            precision="mixed_bfloat16")),
+                             old["input"]) == "with --precision float32 (now mixed_bfloat16)"
+
+
+def test_shards_of_a_run_json_from_before_tta_are_kept(two, trained_bundle, tmp_path):
+    """run.json written before --tta existed (no tta in its identity) is the same run as one at
+    --tta 1: its shard history is merged, not dropped."""
+    images, done = two
+    bundle, _ = trained_bundle
+    out = tmp_path / "out"
+    shutil.copytree(done, out)
+    run = json.loads((out / "run.json").read_text())
+    del run["identity"]["inference"]["tta"]
+    (out / "run.json").write_text(json.dumps(run))
+    for name in ("t0000", "t0001"):  # the per-time-point records, as the older tool wrote them
+        record = json.loads((out / "nuclei" / f"{name}.json").read_text())
+        del record["run"]["inference"]["tta"]
+        (out / "nuclei" / f"{name}.json").write_text(json.dumps(record))
+    res = invoke("predict", images / "t0001.tif", "--model", bundle, "--out", out, *QUIET)
+    assert res.exit_code == 0 and "skipped 1 finished" in res.output, res.output
+    shards = json.loads((out / "run.json").read_text())["shards"]
+    assert shards["0/1"]["processed"] == ["t0000", "t0001"]
+
+
+@pytest.mark.parametrize("data,tta,says", [
+    ({"flips": True, "rot90": True, "patch": [16, 32, 32]}, 8, None),
+    ({"flips": True, "rot90": False, "patch": [16, 32, 32]}, 8, "xy quarter turns that the NSN was not trained "
+                                                               "with; --tta 4 keeps"),
+    ({"flips": True, "rot90": True, "patch": [16, 32, 48]}, 8, "xy quarter turns"),  # turns need square patches
+    ({"flips": True, "rot90": False, "patch": [16, 32, 32]}, 4, None),
+    ({"flips": False, "rot90": True, "patch": [16, 32, 32]}, 4, "x/y flips that the NSN was not trained with; "
+                                                               "--tta 1 keeps"),
+    ({"flips": False, "rot90": False, "patch": [16, 32, 32]}, 1, None),
+])
+def test_tta_beyond_the_training_augmentation_warns(caplog, data, tta, says):
+    from types import SimpleNamespace
+
+    from qca_tf.predict import check_tta
+
+    nsn = SimpleNamespace(info={"data": data}, folder="m/nsn", task="nsn")
+    caplog.set_level("WARNING", logger="qca_tf.predict")
+    check_tta(SimpleNamespace(nsn=nsn, ndn=None), tta)
+    if says is None:
+        assert not caplog.records
+    else:
+        assert len(caplog.records) == 1 and says in caplog.records[0].getMessage()
