@@ -113,7 +113,7 @@ def choose(val: Path, pairs: dict[str, tuple[Path, Path]], polar: Path, tta: int
     from qca_tf.metrics import polar_kept
     from qca_tf.predict import instance_labels
     from qca_tf.runtime import init_tensorflow
-    from qca_tf.search.postprocess_search import cache_probabilities, read_ground_truth, score
+    from qca_tf.search.postprocess_search import cache_probabilities, quiet_postprocess, read_ground_truth, score
 
     init_tensorflow()
     voxel = VoxelSize.from_xyz([float(v) for v in VOXEL[1:]])
@@ -131,8 +131,10 @@ def choose(val: Path, pairs: dict[str, tuple[Path, Path]], polar: Path, tta: int
             for ndn_thr in NDN_THRESHOLDS:
                 post = PostprocessConfig(nsn_threshold=thr, ndn_threshold=ndn_thr)
                 s = score(post, volumes, nets.spacing_um)
-                where = [polar_kept(instance_labels(post, nets.spacing_um, v.shape, v.nsn, v.ndn, v.name), v.gt,
-                                    centres[t.image.name], v.voxel.zyx) for t, v in zip(polar_truths, polar_volumes)]
+                with quiet_postprocess():  # thresholds explored on purpose: "too few markers" is not news
+                    where = [polar_kept(instance_labels(post, nets.spacing_um, v.shape, v.nsn, v.ndn, v.name), v.gt,
+                                        centres[t.image.name], v.voxel.zyx)
+                             for t, v in zip(polar_truths, polar_volumes)]
                 s["polar_kept"] = sum(w["kept"] for w in where)
                 s["polar_merged"] = sum(w["merged"] for w in where)
                 table[(name, thr, ndn_thr)] = s

@@ -220,7 +220,7 @@ def make_space(shipped: PostprocessConfig, nets, truths: list[Truth]) -> PostSpa
 
 
 @contextlib.contextmanager
-def _quiet_postprocess():
+def quiet_postprocess():
     """Trials explore bad thresholds on purpose: the watershed's 'too few markers' warnings are not news."""
     logger = logging.getLogger("qca_tf.postprocess")
     level = logger.level
@@ -238,7 +238,7 @@ def score(cfg: PostprocessConfig, volumes: list[CachedVolume], spacing_um: float
     from qca_tf import metrics, predict
 
     rows = []
-    with _quiet_postprocess():
+    with quiet_postprocess():
         for v in volumes:
             labels = predict.instance_labels(cfg, spacing_um, v.shape, v.nsn, v.ndn, v.name)
             row = metrics.evaluate(labels, v.gt, v.voxel.zyx, match_distance_um, thresholds=())

@@ -10,7 +10,7 @@ import pytest
 
 from cli_helpers import invoke, one_line_error
 from qca_tf import train as train_mod
-from qca_tf.config import DataConfig, ModelConfig, TrainConfig
+from qca_tf.config import DataConfig, TrainConfig
 from qca_tf.errors import ConfigError, ModelError
 from qca_tf.finetune import check_architecture, initial_model, load_initial_weights, recipe_data_config
 from qca_tf.modelio import load_model_folder

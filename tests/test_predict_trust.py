@@ -240,8 +240,6 @@ def test_bad_input_fails_before_tensorflow_loads(kind, trained_bundle, synth_dat
 
 
 def test_stack_too_large_for_memory_and_thin_stack(trained_bundle, synth_dataset, tmp_path, monkeypatch):
-    import logging
-
     from qca_tf import predict
 
     bundle, _ = trained_bundle

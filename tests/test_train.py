@@ -4,7 +4,6 @@ from __future__ import annotations
 import csv
 import json
 
-import numpy as np
 import pytest
 
 from qca_tf import train as train_mod
