@@ -163,7 +163,10 @@ def read_bundle(folder: str | os.PathLike) -> Bundle:
             else ""
         raise ModelError(f"{folder}: not a QCANet bundle (no {BUNDLE_FILE}){hint}")
     meta = read_json(path)
-    meta = _migrate(meta, format_version(meta.get("format"), BUNDLE_FORMAT_NAME, BUNDLE_FORMAT_VERSION, path), path)
+    version = format_version(meta.get("format"), BUNDLE_FORMAT_NAME, BUNDLE_FORMAT_VERSION, path)
+    if version < 3 and "tta" in meta:  # format 2 predicted without it: a tta there was not written by qca_tf
+        raise ConfigError(f"{path}: key 'tta' came with format 3; write \"format\": \"{BUNDLE_FORMAT}\" to use it")
+    meta = _migrate(meta, version, path)
     unknown = sorted(set(meta) - _KEYS)
     if unknown:
         raise ConfigError(f"{path}: unknown key {unknown[0]!r} (valid keys: {', '.join(sorted(_KEYS))})")

@@ -145,6 +145,7 @@ def test_bundle_round_trip_and_format_1_2_migration(bundles, tmp_path):
     ({"format": "qca_tf.bundle/4", "postprocess": {}}, ModelError,
      "written in qca_tf.bundle format 4 by a newer qca_tf; .*upgrade qca_tf"),
     ({"format": "qca_tf.bundle/3", "postprocess": {}, "tta": 2}, ConfigError, "tta 2 is not one of 1, 4, 8"),
+    ({"format": "qca_tf.bundle/2", "postprocess": {}, "tta": 8}, ConfigError, "key 'tta' came with format 3"),
     ({"format": "qca_tf.bundle/3", "postprocess": {}, "tta": True}, ConfigError, "tta true is not one of"),
     ({"format": "qcanet", "postprocess": {}}, ModelError, "format 'qcanet' is not a qca_tf.bundle format"),
     ({"format": "qca_tf.bundle/2", "postprocess": {}, "thresholds": 1}, ConfigError, "unknown key 'thresholds'"),
