@@ -100,6 +100,13 @@ def candidates(work: Path) -> dict[str, tuple[Path, Path]]:
             for a in folder for b in folder}
 
 
+def short_name(name: str, work: Path) -> str:
+    """A candidate's name for the bundle description, without this run's folder path."""
+    if name.startswith(f"{work} "):
+        return name[len(str(work)) + 1:]
+    return f"{name.rsplit('/', 1)[-1]} (another run)"
+
+
 def choose(val: Path, pairs: dict[str, tuple[Path, Path]], polar: Path, tta: int = TTA) -> tuple[str, float, float, dict]:
     """(pair name, NSN threshold, NDN threshold, scores): among the settings that keep the
     fewest polar bodies of ``polar`` (images/ + labels/ + polar.json: their centres, z, y,
@@ -223,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
               "--ndn-threshold", str(ndn_thr), "--tta", str(TTA), *VOXEL, "--description",
               f"QCANet 8-cell mouse embryo (left part), {a.mosaics} mosaics of its nuclei ({a.mosaic_polar} polar "
               f"bodies each) and synthetic embryos; stage 2 = fine-tuned on the real part; chosen: "
-              f"{name.rsplit('/', 1)[-1]}; see docs/models/embryo-small.md"]))
+              f"{short_name(name, w)}, NSN threshold {thr} with test-time augmentation {TTA}; see "
+              f"docs/models/embryo-small.md"]))
     scores = {}
     for name in ("real_right", "real_right_late"):
         pred = w / "pred" / name

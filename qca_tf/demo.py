@@ -1,4 +1,4 @@
-"""``qca-tf demo``: the whole method end to end on a synthetic embryo, about 8 minutes on a 2-core CPU.
+"""``qca-tf demo``: the whole method end to end on a synthetic embryo, 1.5 to 9 minutes on a 2-core CPU.
 
 Makes a training series and a separate test series (different seed) with known
 ground truth, trains small NSN and NDN networks, predicts the test series with the
@@ -26,7 +26,7 @@ from .io import VoxelSize
 
 log = logging.getLogger(__name__)
 
-#: Small networks that learn the synthetic embryo (the whole demo: about 8 minutes on 2 cores).
+#: Small networks that learn the synthetic embryo (the whole demo: 1.5 min on 2 AVX-512 cores, 7-9 on AVX2).
 DEMO_NSN = ModelConfig(name="nsn", depth=2, init_channels=4, kernel_size=3)
 DEMO_NDN = ModelConfig(name="ndn", depth=2, init_channels=4, kernel_size=3)
 #: Training embryos and their time points (the test embryo is another seed). As many time

@@ -285,7 +285,6 @@ def preflight(inputs: list[str | os.PathLike], out_dir: str | os.PathLike, *, mo
     if takes is not None:  # the check choose_channels makes after loading, here before TensorFlow
         check_channel_count(takes, tuple(channels))
     tps = discover(inputs, chosen, default)
-    _check_output(Path(out_dir))
     free = available_memory()
     for source in dict.fromkeys(tp.source for tp in tps):
         voxel = io.voxel_size_of(source, voxel_size)
@@ -305,6 +304,7 @@ def preflight(inputs: list[str | os.PathLike], out_dir: str | os.PathLike, *, mo
         if z < 3 or z * voxel.z < THIN_UM:
             log.warning("%s: only %d z slice(s) (%.1f um): thinner than a nucleus (about %g um); nuclei will be cut "
                         "and their volumes wrong", source, z, z * voxel.z, THIN_UM)
+    _check_output(Path(out_dir))  # last: a refused input leaves no empty output folders behind
 
 
 def _postprocess_and_write(nets: Networks, prep: Prepared, nsn_prob, ndn_prob, out: Path,
@@ -600,7 +600,8 @@ def _write_run_json(out: Path, inputs, nets: Networks, infer_cfg: InferenceConfi
         "inputs": [str(p) for p in inputs],
         "models": {"nsn": str(nets.nsn.folder), "ndn": str(nets.ndn.folder) if nets.ndn else None,
                    "bundle": str(nets.bundle.folder) if nets.bundle else None, "spacing_um": nets.spacing_um,
-                   "precision": nets.precision,
+                   # what the networks ran at (OpenVINO builds them float32 and runs its own precision)
+                   "precision": ((identity or {}).get("inference") or {}).get("precision", nets.precision),
                    "preprocessing": {net.task: dataclasses.asdict(net.grid_recipe)
                                      for net in (nets.nsn, nets.ndn) if net is not None}},
         "inference": to_dict(infer_cfg),

@@ -237,6 +237,7 @@ def test_bad_input_fails_before_tensorflow_loads(kind, trained_bundle, synth_dat
                                                    *extra])
     assert code == 1 and output.startswith("Error: ") and expect in output and len(output.strip().splitlines()) == 1
     assert not tf_loaded
+    assert not out.exists()  # a refused input leaves no empty output folders behind
 
 
 def test_stack_too_large_for_memory_and_thin_stack(trained_bundle, synth_dataset, tmp_path, monkeypatch):
