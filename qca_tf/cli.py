@@ -7,6 +7,7 @@ commands, so ``qca-tf --help`` answers at once. A user mistake (a
 from __future__ import annotations
 
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -128,8 +129,17 @@ def _channel_option(f):
                              "for a model trained on several channels.")(f)
 
 
+def _positive_voxel(ctx, param, value):
+    """--voxel-size X Y Z: three positive finite micrometres, refused by the flag's name otherwise."""
+    if value:
+        for axis, v in zip("xyz", value):
+            if not (math.isfinite(v) and v > 0):
+                raise click.BadParameter(f"{axis}={v:g} must be a positive number of micrometres (X Y Z)")
+    return value
+
+
 def _voxel_option(f):
-    return click.option("--voxel-size", nargs=3, type=float, default=None, metavar="X Y Z",
+    return click.option("--voxel-size", nargs=3, type=float, default=None, metavar="X Y Z", callback=_positive_voxel,
                         help="Voxel size in micrometres (x y z); overrides the files' metadata.")(f)
 
 
@@ -147,7 +157,7 @@ def _voxel_option(f):
               help="Pairs of touching nuclei [min(2, nuclei // 2)].")
 @click.option("--polar-bodies", default=1, show_default=True, type=click.IntRange(0), help="Polar bodies (not in the ground truth).")
 @click.option("--voxel-size", nargs=3, type=float, default=(0.8, 0.8, 1.75), show_default=True, metavar="X Y Z",
-              help="Voxel size in micrometres (x y z).")
+              callback=_positive_voxel, help="Voxel size in micrometres (x y z).")
 def synth(out: Path, timepoints: int, seed: int, shape, nuclei: int, touching_pairs, polar_bodies: int,
           voxel_size) -> None:
     """Write a synthetic embryo time series with ground truth to OUT.
@@ -309,7 +319,7 @@ def train(network: str, data_dir: Path, out_dir: Path, patch, kernel_size, voxel
 @click.option("--trials", required=True, type=int, help="Finished trials (complete or pruned) the study must hold.")
 @click.option("--model", "bundle", type=str, default=None, metavar="BUNDLE",
               help="qcanet only: the bundle (folder or name) whose post-processing is tuned, networks fixed.")
-@click.option("--voxel-size", nargs=3, type=float, default=None, metavar="X Y Z",
+@click.option("--voxel-size", nargs=3, type=float, default=None, metavar="X Y Z", callback=_positive_voxel,
               help="qcanet only: voxel size in micrometres (x y z) of the --data images; overrides their metadata.")
 @click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
               help="Training dataset folder [none: a built-in synthetic embryo made in OUT/data]; qcanet: "
@@ -588,7 +598,7 @@ def export(model_dir: Path, out_dir: Path, overwrite: bool) -> None:
 @click.option("--min-volume", type=click.FloatRange(0), default=_P.min_volume_um3, show_default=True, metavar="UM3",
               help="Drop instances smaller than this volume in µm³.")
 @click.option("--description", default="", help="What data the networks learnt from (shown by `qca-tf models`).")
-@click.option("--voxel-size", nargs=3, type=float, default=None, metavar="X Y Z",
+@click.option("--voxel-size", nargs=3, type=float, default=None, metavar="X Y Z", callback=_positive_voxel,
               help="Voxel size (um, x y z) of the training images (shown by `qca-tf models`).")
 @click.option("--tta", type=click.Choice([str(n) for n in TTA_CHOICES]), default="1", show_default=True,
               help="Test-time augmentation `qca-tf predict` uses with this bundle by default: the one the "

@@ -94,6 +94,10 @@ def test_missing_voxel_size(bad_dataset, tmp_path):
 
 @pytest.mark.parametrize("args, fragments", [
     (["predict", "x.tif", "--out", "o", "--marker-gap", "-1"], ["'--marker-gap'", "x>=0", "predict --help'"]),
+    (["predict", "x.tif", "--out", "o", "--voxel-size", "0.8", "0.8", "-1"],
+     ["'--voxel-size'", "z=-1 must be a positive number"]),
+    (["synth", "o", "--voxel-size", "0", "0.8", "1.75"], ["'--voxel-size'", "x=0 must be"]),
+    (["bundle", "--nsn", "a", "--ndn", "b", "--out", "o", "--voxel-size", "0.8", "nan", "1"], ["y=nan must be"]),
     (["predct"], ["No such command 'predct'", "Did you mean 'predict'?", "--help'"]),
     (["train", "nsn", "--out", "m"], ["Missing option '--data'", "train --help'"]),
     (["--bogus"], ["No such option '--bogus'", "--help'"]),
