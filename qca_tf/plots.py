@@ -96,7 +96,10 @@ def timeseries_figure(summary_rows: list[dict[str, Any]], nucleus_rows: list[dic
                        label=None if labelled or not len(keep) else "nuclei")
             labelled |= len(keep) > 0
         q1, median, q3 = (np.array([np.percentile(v, q) if len(v) else np.nan for v in values]) for q in (25, 50, 75))
-        ax.fill_between(t, q1, q3, color=colour, alpha=0.2, linewidth=0, label="25–75 %", zorder=1)
+        if len(t) > 1:
+            ax.fill_between(t, q1, q3, color=colour, alpha=0.2, linewidth=0, label="25–75 %", zorder=1)
+        else:  # a band needs two time points: one time point's quartiles are a bar
+            ax.vlines(t, q1, q3, color=colour, alpha=0.35, linewidth=12, label="25–75 %", zorder=1)
         ax.plot(t, median, "o-", color="black", markersize=4, linewidth=1.2, label="median", zorder=3)
         ax.set_title(f"{title}: each nucleus, median and quartiles"
                      + (f"\n({MAX_POINTS_PER_TIMEPOINT} random nuclei drawn per time point)" if sampled else ""),

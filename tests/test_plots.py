@@ -54,6 +54,19 @@ def test_timeseries_from_csv_strings_single_timepoint(tmp_path):
     assert _read_png(out).shape[0] > 800
 
 
+def test_single_timepoint_draws_its_quartiles():
+    """One time point cannot make a band: its 25-75 % range is drawn as a bar at that time
+    point (the legend's entry then shows something), from the first to the third quartile."""
+    nuclei = [dict(_nucleus(3, k + 1, 1.0, 2.0, 3.0), volume_um3=v) for k, v in enumerate([100.0, 200.0, 300.0, 900.0])]
+    fig = timeseries_figure([_summary(3, 4, 375.0, 0.0, 300.0, 0.0)], nuclei)
+    ax_volume = fig.axes[1]
+    bar = ax_volume.collections[-1]
+    assert bar.get_label() == "25–75 %"
+    (segment,) = bar.get_segments()
+    np.testing.assert_allclose(segment, [[3.0, 175.0], [3.0, 450.0]])  # numpy's quartiles of the 4 volumes
+    assert "25–75 %" in [t.get_text() for t in ax_volume.get_legend().get_texts()]
+
+
 def test_timeseries_zero_nuclei(tmp_path):
     plot_timeseries([_summary(0, 0), _summary(1, 0)], [], tmp_path / "none.png")
     assert _read_png(tmp_path / "none.png").shape[1] > 1000
