@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import __version__
-from .config import TTA_CHOICES, InferenceConfig, PostprocessConfig, from_dict, read_json, to_dict, write_json_atomic
+from .config import (TTA_CHOICES, InferenceConfig, PostprocessConfig, from_dict, read_json, to_dict, valid_tta,
+                     write_json_atomic)
 from .errors import ConfigError, ModelError
 from .modelio import (CONFIG_NAME, LoadedModel, check_input_channels, copy_model_folder, format_version,
                       read_model_config)
@@ -99,7 +100,7 @@ def _check_voxel(voxel_size_um, where: str) -> tuple[float, float, float] | None
 
 
 def _check_tta(tta, where: str) -> int:
-    if isinstance(tta, bool) or tta not in TTA_CHOICES:
+    if not valid_tta(tta):
         raise ConfigError(f"{where}: tta {json.dumps(tta)} is not one of {', '.join(map(str, TTA_CHOICES))}")
     return int(tta)
 

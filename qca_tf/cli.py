@@ -129,6 +129,10 @@ def _channel_option(f):
                              "for a model trained on several channels.")(f)
 
 
+#: --tta of predict and bundle: click compares strings, the commands take int(value).
+_TTA = click.Choice([str(n) for n in TTA_CHOICES])
+
+
 def _positive_voxel(ctx, param, value):
     """--voxel-size X Y Z: three positive finite micrometres, refused by the flag's name otherwise."""
     if value:
@@ -460,7 +464,7 @@ def _parse_shard(value: str | None) -> tuple[int, int]:
 @click.option("--engine", type=click.Choice(["auto", "tensorflow", "openvino"]), default="auto", show_default=True,
               help="auto: OpenVINO on a CPU where it is installed (bf16 on CPUs with AMX/AVX512_BF16), "
                    "TensorFlow on a GPU.")
-@click.option("--tta", type=click.Choice([str(n) for n in TTA_CHOICES]), default=None,
+@click.option("--tta", type=_TTA, default=None,
               help="Test-time augmentation: average the networks over 1 (none), 4 (x/y flips) or 8 (flips and xy "
                    "quarter turns) transforms of each volume; costs as many network passes [the bundle's, else 1].")
 @click.option("--save-masks", is_flag=True, help="Also write the NSN and NDN masks (OUT/nsn, OUT/ndn).")
@@ -600,7 +604,7 @@ def export(model_dir: Path, out_dir: Path, overwrite: bool) -> None:
 @click.option("--description", default="", help="What data the networks learnt from (shown by `qca-tf models`).")
 @click.option("--voxel-size", nargs=3, type=float, default=None, metavar="X Y Z", callback=_positive_voxel,
               help="Voxel size (um, x y z) of the training images (shown by `qca-tf models`).")
-@click.option("--tta", type=click.Choice([str(n) for n in TTA_CHOICES]), default="1", show_default=True,
+@click.option("--tta", type=_TTA, default="1", show_default=True,
               help="Test-time augmentation `qca-tf predict` uses with this bundle by default: the one the "
                    "thresholds were chosen with.")
 def bundle(nsn: Path, ndn: Path, out_dir: Path, nsn_threshold, ndn_threshold, min_marker_size, marker_gap, min_volume,

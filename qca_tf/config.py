@@ -202,6 +202,11 @@ class DataConfig:
     scale_jitter: float = 0.15
     intensity_augment: bool = True
 
+    @property
+    def turns_xy(self) -> bool:
+        """Whether training turns crops in xy: ``rot90`` and square xy patches."""
+        return self.rot90 and self.patch[1] == self.patch[2]
+
     def __post_init__(self) -> None:
         s = "data"
         if self.channels is not None:
@@ -278,6 +283,11 @@ class PostprocessConfig:
 TTA_CHOICES = (1, 4, 8)
 
 
+def valid_tta(value: Any) -> bool:
+    """Whether ``value`` is one of TTA_CHOICES (a bool is not)."""
+    return not isinstance(value, bool) and value in TTA_CHOICES
+
+
 @dataclass(frozen=True)
 class InferenceConfig:
     """Prediction. ``tile`` (z, y, x) forces tiling; otherwise the whole volume is
@@ -302,7 +312,7 @@ class InferenceConfig:
         _check(isinstance(self.batch_size, int) and self.batch_size >= 1, s, "batch_size", "must be >= 1")
         _check(self.engine in ("auto", "tensorflow", "openvino"), s, "engine",
                f"{self.engine!r} is not one of auto, tensorflow, openvino")
-        _check(self.tta in TTA_CHOICES and not isinstance(self.tta, bool), s, "tta",
+        _check(valid_tta(self.tta), s, "tta",
                f"{self.tta!r} is not one of {', '.join(map(str, TTA_CHOICES))} (xy transforms averaged)")
 
 

@@ -244,7 +244,7 @@ def training_dataset(specs: list[VolumeSpec], cfg: DataConfig, *, batch_size: in
     inner = [max(1, int(np.floor(p * (1 - cfg.scale_jitter))) - 1) if scaling else p for p in cfg.patch]
     keep_lo = tf.constant([(e - i) // 2 for e, i in zip(crop_size, inner)], tf.int32)
     keep_hi = keep_lo + tf.constant(inner, tf.int32) - 1
-    rotate = cfg.rot90 and cfg.patch[1] == cfg.patch[2]
+    rotate = cfg.turns_xy
     if cfg.rot90 and not rotate:
         log.info("no 90-degree rotations: the patch's y and x sizes differ (%s)", cfg.patch)
 

@@ -218,17 +218,16 @@ def discover(inputs: list[str | os.PathLike], channels: tuple[int, ...] | None =
 
 def check_tta(nets: Networks, tta: int) -> None:
     """Warn when test-time augmentation averages over transforms a network was not trained
-    with (its recorded ``data.flips`` / ``data.rot90``, the quarter turns only with square
-    xy patches): its predictions on those views are guesses, not a consensus."""
+    with (its recorded DataConfig: ``flips``, ``turns_xy``): its predictions on those views
+    are guesses, not a consensus. Networks that record no data settings are not judged."""
+    if tta == 1:
+        return
     for net in (nets.nsn, nets.ndn):
-        if net is None or tta == 1:
+        data = net.data_cfg if net is not None else None
+        if data is None:
             continue
-        data = net.info.get("data") or {}
-        patch = data.get("patch") or (0, 0, 0)
-        missing = [what for what, trained, needed in (
-            ("x/y flips", data.get("flips", True), tta >= 4),
-            ("xy quarter turns", data.get("rot90", True) and patch[1] == patch[2], tta == 8)) if needed and not trained]
-        if missing and data:
+        missing = ([] if data.flips else ["x/y flips"]) + ([] if tta < 8 or data.turns_xy else ["xy quarter turns"])
+        if missing:
             log.warning("%s: --tta %d averages over %s that the %s was not trained with; --tta %d keeps to what "
                         "it learnt", net.folder, tta, " and ".join(missing), net.task.upper(),
                         4 if missing == ["xy quarter turns"] else 1)
@@ -587,7 +586,7 @@ def library_versions() -> dict[str, str | None]:
 
 
 def _write_run_json(out: Path, inputs, nets: Networks, infer_cfg: InferenceConfig, opts: PredictOptions,
-                    run: RunSummary, identity: dict | None = None) -> None:
+                    run: RunSummary, identity: dict) -> None:
     import sys
 
     tf = sys.modules.get("tensorflow")  # not imported when every network ran from the OpenVINO cache
@@ -601,7 +600,7 @@ def _write_run_json(out: Path, inputs, nets: Networks, infer_cfg: InferenceConfi
         "models": {"nsn": str(nets.nsn.folder), "ndn": str(nets.ndn.folder) if nets.ndn else None,
                    "bundle": str(nets.bundle.folder) if nets.bundle else None, "spacing_um": nets.spacing_um,
                    # what the networks ran at (OpenVINO builds them float32 and runs its own precision)
-                   "precision": ((identity or {}).get("inference") or {}).get("precision", nets.precision),
+                   "precision": identity["inference"]["precision"],
                    "preprocessing": {net.task: dataclasses.asdict(net.grid_recipe)
                                      for net in (nets.nsn, nets.ndn) if net is not None}},
         "inference": to_dict(infer_cfg),
@@ -617,6 +616,6 @@ def _write_run_json(out: Path, inputs, nets: Networks, infer_cfg: InferenceConfi
         "busy": run.busy,
         "timings_s": run.timings,
         "identity": identity,
-        "shards": _shard_records(out, identity, opts, run) if identity is not None else {},
+        "shards": _shard_records(out, identity, opts, run),
     }
     write_json_atomic(out / "run.json", payload)

@@ -42,7 +42,6 @@ class ModelEntry:
     size_bytes: int
     tta: int = 1
 
-
     def line(self) -> str:
         """One line: name, what data, voxel size, grid, test-time augmentation (when used), size on disk."""
         voxel = ("voxels " + " x ".join(f"{v:g}" for v in self.voxel_size_um) + " um (x y z)"

@@ -137,8 +137,9 @@ def difference(recorded: dict, identity: dict, source: dict) -> str | None:
             if key not in old_post:
                 return f"before {flag} existed (by an older qca_tf; now {flag} {new})"
             return f"with {flag} {old_post.get(key)} (now {new})"
+    old_inference = with_defaults(old_run).get("inference") or {}
     for key, new in identity["inference"].items():
-        old = (old_run.get("inference") or {}).get(key, _INFERENCE_BEFORE.get(key))
+        old = old_inference.get(key)
         if old != new:
             return f"with {_INFERENCE_FLAGS.get(key, key)} {old} (now {new})"
     if old_in.get("path") != source["path"]:

@@ -394,9 +394,10 @@ def test_shards_of_a_run_json_from_before_tta_are_kept(two, trained_bundle, tmp_
 def test_tta_beyond_the_training_augmentation_warns(caplog, data, tta, says):
     from types import SimpleNamespace
 
+    from qca_tf.config import DataConfig
     from qca_tf.predict import check_tta
 
-    nsn = SimpleNamespace(info={"data": data}, folder="m/nsn", task="nsn")
+    nsn = SimpleNamespace(data_cfg=DataConfig(**{**data, "patch": tuple(data["patch"])}), folder="m/nsn", task="nsn")
     caplog.set_level("WARNING", logger="qca_tf.predict")
     check_tta(SimpleNamespace(nsn=nsn, ndn=None), tta)
     if says is None:
