@@ -5,7 +5,10 @@ Hold-out (decided before any training, never tuned on): the real stack is cut at
 (no nucleus crosses it). The left part (3 nuclei) trains; the right part (5 nuclei) is
 the test, as recorded and as a simulated later stage ("late": the right part shrunk to
 0.8x in every axis (smaller nuclei), dimmer, gamma-changed, bleached, noisier, and
-attenuated with depth). Validation uses a synthetic embryo and a dimmed copy of the
+attenuated with depth). ``--train-part right`` swaps the two (the cross-validation's
+second fold: the right part trains, the left part is the test) and ``--train-part all``
+trains on all 8 nuclei with no test (the shipped model; the two folds estimate how its
+recipe does on nuclei it never saw). Validation uses a synthetic embryo and a dimmed copy of the
 training part only. For the fine-tuning stage of
 train_embryo_small.py: ``train_real/`` is the real training part alone,
 ``val_finetune/`` its dimmed copy (the fine-tuning's best epoch) and ``val_real/`` the
@@ -25,11 +28,12 @@ part's nuclei (seeds 40 upwards, ``real_mosaic``) to train/, ``--mosaic-polar N`
 polar bodies beside the nuclei of each.
 
     python benchmarks/embryo_small_data.py OUT [--real DIR] [--real-copies N] [--soft-edge LOW HIGH]
-        [--late-synth N] [--mosaics N] [--mosaic-polar N]
+        [--late-synth N] [--mosaics N] [--mosaic-polar N] [--train-part left|right|all]
 
 writes OUT/train, OUT/val, OUT/train_real, OUT/val_finetune, OUT/val_real, OUT/val_polar and
-OUT/test, each with images/ labels/ nsn/; ndn/ (NDN targets) in train/, val/, train_real/
-and val_finetune/, and in val_real/ for real_left_dim only; val_polar/ also has polar.json.
+OUT/test (not with --train-part all), each with images/ labels/ nsn/; ndn/ (NDN targets) in train/, val/, train_real/
+and val_finetune/, and in val_real/ for real_PART_dim only; val_polar/ also has polar.json
+(file names carry the training part: real_left.tif, real_left_dim.tif, ... by default).
 ImageJ voxel sizes 0.8 x 0.8 x 1.75 um.
 """
 from __future__ import annotations
@@ -288,6 +292,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="N embryos of the real training part's nuclei, scaled and packed (real_mosaic) in train/")
     ap.add_argument("--mosaic-polar", type=int, default=0, metavar="N",
                     help="N polar bodies (bright, small, not nuclei) beside the nuclei of each training mosaic")
+    ap.add_argument("--train-part", choices=("left", "right", "all"), default="left",
+                    help="the real part that trains and validates: left (x < 52, 3 nuclei; test = right, 5 nuclei), "
+                         "right (5 nuclei; test = left: the second fold of a cross-validation) or all (8 nuclei, "
+                         "no test)")
     a = ap.parse_args(argv)
     if not 0 <= a.late_synth <= 19:  # training seeds 11.. must stay below val_real's seed 30
         ap.error("--late-synth: 0 to 19 embryos")
@@ -304,32 +312,33 @@ def main(argv: list[str] | None = None) -> int:
     for piece in (left, right):  # the cut must not split a nucleus
         inside = set(np.unique(labels[piece])) - {0}
         assert not inside & (set(np.unique(labels[right if piece is left else left])) - {0}), "cut splits a nucleus"
+    part = a.train_part
+    train, test = {"left": (left, right), "right": (right, left), "all": (np.s_[:, :, :], None)}[part]
+    im, lab, cen = image[train], labels[train], ndn[train]
     for c in range(a.real_copies):
-        write(a.out / "train", "real_left.tif" if c == 0 else f"real_left_copy{c}.tif", image[left], labels[left],
-              ndn[left])
+        write(a.out / "train", f"real_{part}.tif" if c == 0 else f"real_{part}_copy{c}.tif", im, lab, cen)
     edge = tuple(a.soft_edge) if a.soft_edge else None
     synthetic_embryos(a.out / "train", seed=1, timepoints=4, prefix="synth1", edge=edge)
     synthetic_embryos(a.out / "train", seed=2, timepoints=2, prefix="synth2", edge=edge)
     for k in range(a.late_synth):
         late_synthetic_embryo(a.out / "train", seed=11 + k, name=f"synth_late{11 + k}.tif")
     for k in range(a.mosaics):
-        m_im, m_lab, m_cen = real_mosaic(image[left], labels[left], ndn[left], seed=40 + k)
+        m_im, m_lab, m_cen = real_mosaic(im, lab, cen, seed=40 + k)
         if a.mosaic_polar:
-            m_im, _ = add_polar_bodies(m_im, m_lab, image[left], labels[left], a.mosaic_polar, seed=40 + k)
+            m_im, _ = add_polar_bodies(m_im, m_lab, im, lab, a.mosaic_polar, seed=40 + k)
         write(a.out / "train", f"mosaic{40 + k}.tif", m_im, m_lab, m_cen)
-    write(a.out / "val", "real_left_dim.tif", dimmed(image[left], 5), labels[left], ndn[left])
+    write(a.out / "val", f"real_{part}_dim.tif", dimmed(im, 5), lab, cen)
     synthetic_embryos(a.out / "val", seed=3, timepoints=1, prefix="synth3")
-    write(a.out / "train_real", "real_left.tif", image[left], labels[left], ndn[left])
-    write(a.out / "val_finetune", "real_left_dim.tif", dimmed(image[left], 5), labels[left], ndn[left])
-    write(a.out / "val_real", "real_left_dim.tif", dimmed(image[left], 5), labels[left], ndn[left])
-    left_late, left_late_lab = later_stage(image[left], labels[left], seed=8)
-    write(a.out / "val_real", "real_left_late.tif", left_late, left_late_lab, None)
-    # small nuclei packed against bigger ones, which the two volumes above (3 nuclei, far
-    # apart) cannot show: the training part's nuclei in two mosaics, one as recorded and
+    write(a.out / "train_real", f"real_{part}.tif", im, lab, cen)
+    write(a.out / "val_finetune", f"real_{part}_dim.tif", dimmed(im, 5), lab, cen)
+    write(a.out / "val_real", f"real_{part}_dim.tif", dimmed(im, 5), lab, cen)
+    write(a.out / "val_real", f"real_{part}_late.tif", *later_stage(im, lab, seed=8), None)
+    # small nuclei packed against bigger ones, which the two volumes above (a few nuclei,
+    # far apart) cannot show: the training part's nuclei in two mosaics, one as recorded and
     # one through the later-stage simulation (no further shrinking)
-    mosaic_im, mosaic_lab, _ = real_mosaic(image[left], labels[left], ndn[left], seed=60)
+    mosaic_im, mosaic_lab, _ = real_mosaic(im, lab, cen, seed=60)
     write(a.out / "val_real", "mosaic60.tif", mosaic_im, mosaic_lab, None)
-    mosaic_im, mosaic_lab, _ = real_mosaic(image[left], labels[left], ndn[left], seed=61)
+    mosaic_im, mosaic_lab, _ = real_mosaic(im, lab, cen, seed=61)
     write(a.out / "val_real", "mosaic61_late.tif", *later_stage(mosaic_im, mosaic_lab, seed=9, zoom=1.0), None)
     if a.late_synth:
         late_synthetic_embryo(a.out / "val_real", seed=30, name="synth_late30.tif")
@@ -337,8 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     # synthetic embryos with 2 each; their centres (z, y, x um) in val_polar/polar.json
     polar = {}
     for k in (62, 63):
-        m_im, m_lab, _ = real_mosaic(image[left], labels[left], ndn[left], seed=k)
-        m_im, centres = add_polar_bodies(m_im, m_lab, image[left], labels[left], 3, seed=k)
+        m_im, m_lab, _ = real_mosaic(im, lab, cen, seed=k)
+        m_im, centres = add_polar_bodies(m_im, m_lab, im, lab, 3, seed=k)
         write(a.out / "val_polar", f"mosaic{k}_polar.tif", m_im, m_lab, None)
         polar[f"mosaic{k}_polar.tif"] = centres.tolist()
     for k in (70, 71):
@@ -346,11 +355,14 @@ def main(argv: list[str] | None = None) -> int:
         write(a.out / "val_polar", f"synth{k}_polar.tif", frame.image, frame.labels, None)
         polar[f"synth{k}_polar.tif"] = frame.polar_centres_um.tolist()
     (a.out / "val_polar" / "polar.json").write_text(json.dumps(polar, indent=1))
-    test_lab, _ = ndimage.label(labels[right] > 0)
-    write(a.out / "test", "real_right.tif", image[right], test_lab, None)
-    late_im, late_lab = later_stage(image[right], test_lab, seed=7)
-    write(a.out / "test", "real_right_late.tif", late_im, late_lab, None)
-    for split in ("train", "val", "train_real", "val_finetune", "val_real", "val_polar", "test"):
+    splits = ["train", "val", "train_real", "val_finetune", "val_real", "val_polar"]
+    if test is not None:  # the other part, never seen: as recorded and as a simulated later stage
+        name = "right" if part == "left" else "left"
+        test_lab, _ = ndimage.label(labels[test] > 0)
+        write(a.out / "test", f"real_{name}.tif", image[test], test_lab, None)
+        write(a.out / "test", f"real_{name}_late.tif", *later_stage(image[test], test_lab, seed=7), None)
+        splits.append("test")
+    for split in splits:
         names = sorted(p.name for p in (a.out / split / "images").glob("*.tif"))
         print(f"{split}: {', '.join(names)}")
     return 0

@@ -2,14 +2,16 @@
 held-out part of the real 8-cell embryo (see docs/models/embryo-small.md).
 
     python benchmarks/train_embryo_small.py WORK [--real DIR] [--epochs N] [--mosaics N] [--train-only]
-        [--mosaic-polar N] [--compare RUN_OR_BUNDLE ...] [--ship] [--reuse]
+        [--mosaic-polar N] [--compare RUN_OR_BUNDLE ...] [--train-part left|right|all] [--ship] [--reuse]
 
 Steps (each a `qca-tf` command, printed before it runs):
 1. ``benchmarks/embryo_small_data.py WORK/data --mosaics 16 --mosaic-polar 2`` (NSN) and
    ``WORK/data_ndn`` (NDN): train = left part (x < 52) of the real stack + 16 mosaics of
    its nuclei scaled and packed, 2 polar bodies beside each + 6 synthetic embryos; validation = a dimmed copy of the left part + 1
    synthetic embryo; test = right part (5 nuclei never seen) as recorded and as a
-   simulated later stage.
+   simulated later stage. ``--train-part right`` swaps the parts (the cross-validation's
+   second fold: train on the right part's 5 nuclei, test on the left part's 3);
+   ``--train-part all`` trains, validates and chooses on all 8 nuclei and has no test.
 2. Stage 1: ``qca-tf train nsn`` and ``qca-tf train ndn`` on that (in parallel).
 3. Stage 2, fine-tuning: ``qca-tf train nsn|ndn --init`` the stage-1 network on the
    real training part alone (``train_real/``, best epoch on ``val_finetune/``).
@@ -23,7 +25,7 @@ Steps (each a `qca-tf` command, printed before it runs):
    averaged over the 8 xy flips and quarter turns (test-time augmentation, recorded in
    the bundle so that `qca-tf predict` does the same).
    ``--train-only`` stops before this step.
-5. ``qca-tf bundle`` with the choice, ``qca-tf predict`` + ``qca-tf evaluate`` on the test.
+5. ``qca-tf bundle`` with the choice, ``qca-tf predict`` + ``qca-tf evaluate`` on the test (if any).
 6. ``--ship``: copy the bundle (config.json + weights.h5 per network, qcanet.json) to
    qca_tf/pretrained/embryo-small/.
 
@@ -74,6 +76,8 @@ NDN_THRESHOLDS = (0.2, 0.35, 0.5)
 #: (8: the mean over the xy flips and quarter turns). On the shipped networks it raised
 #: val_real from 0.811 to 0.816 (docs/BENCHMARKS.md, run h + TTA).
 TTA = 8
+#: --train-part as the bundle description names it
+PART_NAME = {"left": "left part", "right": "right part", "all": "all 8 nuclei"}
 
 
 def run(cmd: list[str], log: Path | None = None) -> subprocess.Popen:
@@ -170,6 +174,10 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"N polar bodies beside the nuclei of each training mosaic (needs --mosaics > 0; the shipped "
                          f"model: {MOSAIC_POLAR})")
     ap.add_argument("--train-only", action="store_true", help="stop after stage 2 (no choice, no test)")
+    ap.add_argument("--train-part", choices=("left", "right", "all"), default="left",
+                    help="the real part that trains, validates and chooses (embryo_small_data.py --train-part): left "
+                         "(3 nuclei; the held-out test is the right part, 5 nuclei), right (the cross-validation's "
+                         "second fold: test = the left part) or all 8 nuclei (no held-out test; the shipped model)"),
     ap.add_argument("--compare", type=Path, nargs="+", default=[], metavar="RUN_OR_BUNDLE",
                     help="more candidates for the choice: other WORK folders (their stages) or bundles")
     a = ap.parse_args(argv)
@@ -180,10 +188,13 @@ def main(argv: list[str] | None = None) -> int:
     if a.reuse and not (data / "val_polar" / "polar.json").exists():
         sys.exit(f"{data / 'val_polar'}: missing (a data folder from before the polar-body check): "
                  "rerun without --reuse")
+    if a.reuse and not (data / "train_real" / "images" / f"real_{a.train_part}.tif").exists():
+        sys.exit(f"{data}: not built with --train-part {a.train_part}: rerun without --reuse")
     if not (a.reuse and finished):
         t = time.perf_counter()
         builder = [sys.executable, ROOT / "benchmarks" / "embryo_small_data.py"]
         extra = ["--mosaics", str(a.mosaics), "--mosaic-polar", str(a.mosaic_polar)] if a.mosaics else []
+        extra += ["--train-part", a.train_part]
         wait(run([*builder, data, "--real", a.real, *NSN_DATA, *extra]),
              run([*builder, w / "data_ndn", "--real", a.real, *NDN_DATA, *extra]))
         times["data"] = time.perf_counter() - t
@@ -228,12 +239,13 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(bundle, ignore_errors=True)
     wait(run([*QCA, "bundle", "--nsn", nsn, "--ndn", ndn, "--out", bundle, "--nsn-threshold", str(thr),
               "--ndn-threshold", str(ndn_thr), "--tta", str(TTA), *VOXEL, "--description",
-              f"QCANet 8-cell mouse embryo (left part), {a.mosaics} mosaics of its nuclei ({a.mosaic_polar} polar "
+              f"QCANet 8-cell mouse embryo ({PART_NAME[a.train_part]}), {a.mosaics} mosaics of its nuclei ({a.mosaic_polar} polar "
               f"bodies each) and synthetic embryos; stage 2 = fine-tuned on the real part; chosen: "
               f"{short_name(name, w)}, NSN threshold {thr} with test-time augmentation {TTA}; see "
               f"docs/models/embryo-small.md"]))
     scores = {}
-    for name in ("real_right", "real_right_late"):
+    tests = sorted(p.stem for p in (data / "test" / "images").glob("*.tif"))  # none when trained on every nucleus
+    for name in tests:
         pred = w / "pred" / name
         wait(run([*QCA, "predict", data / "test" / "images" / f"{name}.tif", "--model", bundle, *VOXEL,
                   "--out", pred, "--overwrite"]))
@@ -244,8 +256,12 @@ def main(argv: list[str] | None = None) -> int:
 
     for step, s in times.items():
         print(f"time {step}: {s / 60:.1f} min")
+    if not tests:
+        print("no held-out test: every real nucleus trained (the cross-validation's folds left and right estimate "
+              "how this recipe does on nuclei it never saw)")
     keys = ("iou", "mucov", "seg", "det_precision", "det_recall", "tp@0.5", "fp@0.5", "fn@0.5")
-    print("held-out test  " + "  ".join(f"{k:>13}" for k in keys))
+    if tests:
+        print("held-out test  " + "  ".join(f"{k:>13}" for k in keys))
     for name, ev in scores.items():
         row = ev["per_timepoint"][0]
         print(f"{name:15s}" + "  ".join(f"{row[k]:13.4f}" for k in keys))

@@ -86,3 +86,53 @@ def test_polar_bodies_sit_beside_the_nuclei_unlabelled_bright_and_seeded(source)
     assert np.array_equal(out[far], img[far])
     again, c2 = esd.add_polar_bodies(img, lab, image, labels, 3, seed=5)
     assert np.array_equal(again, out) and np.array_equal(c2, centres)
+
+
+@pytest.fixture(scope="module")
+def stand_in(tmp_path_factory):
+    """A stand-in for the real 8-cell stack (51 x 120 x 122 voxels, z, y, x): 3 nuclei left
+    of the cut at x = 52 and 5 right of it, each a bright ellipsoid with a centre sphere."""
+    rng = np.random.default_rng(0)
+    z, y, x = np.indices((51, 120, 122))
+    centres = [(25, 30, 20), (20, 75, 28), (30, 95, 38),
+               (25, 25, 70), (22, 60, 75), (28, 95, 80), (20, 40, 105), (30, 80, 105)]
+    nsn = np.zeros((51, 120, 122), np.uint8)
+    ndn = np.zeros_like(nsn)
+    for cz, cy, cx in centres:
+        r2 = ((z - cz) / 5.0) ** 2 + ((y - cy) / 10.0) ** 2 + ((x - cx) / 10.0) ** 2
+        nsn[r2 <= 1] = 255
+        ndn[r2 <= 0.1] = 255
+    image = (100 + 500 * (nsn > 0) + rng.normal(0, 10, nsn.shape)).clip(0, 65535).astype(np.uint16)
+    real = tmp_path_factory.mktemp("real")
+    for name, a in (("image.tif", image), ("nsn_gt.tif", nsn), ("ndn_gt.tif", ndn)):
+        esd.io.write_stack(real / name, a, esd.VOXEL)
+    return real, image
+
+
+@pytest.mark.parametrize("part, train_x, test_x, nuclei", [("left", slice(0, 52), slice(52, None), (3, 5)),
+                                                            ("right", slice(52, None), slice(0, 52), (5, 3)),
+                                                            ("all", slice(None), None, (8, 0))])
+def test_each_fold_trains_on_its_part_and_tests_on_the_other(stand_in, tmp_path, part, train_x, test_x, nuclei):
+    """The cross-validation's folds: the training, validation and choice folders hold only
+    the training part's nuclei; the test holds only the other part (none for 'all')."""
+    real, image = stand_in
+    assert esd.main([str(tmp_path), "--real", str(real), "--train-part", part]) == 0
+    read = esd.io.read_stack
+    name = {"left": "right", "right": "left"}.get(part)
+    train = read(tmp_path / "train_real" / "images" / f"real_{part}.tif")
+    assert np.array_equal(train, image[:, :, train_x])
+    assert np.array_equal(read(tmp_path / "train" / "images" / f"real_{part}.tif"), train)
+    assert len(np.unique(read(tmp_path / "train_real" / "labels" / f"real_{part}.tif"))) - 1 == nuclei[0]
+    # validation and the choice see the training part only (its dimmed copy, its simulated later stage, mosaics)
+    assert np.array_equal(read(tmp_path / "val_real" / "labels" / f"real_{part}_dim.tif"),
+                          read(tmp_path / "train_real" / "labels" / f"real_{part}.tif"))
+    assert sorted(p.name for p in (tmp_path / "val_real" / "images").iterdir()) == sorted(
+        ["mosaic60.tif", "mosaic61_late.tif", f"real_{part}_dim.tif", f"real_{part}_late.tif"])
+    if test_x is None:
+        assert not (tmp_path / "test").exists()
+        return
+    test = read(tmp_path / "test" / "images" / f"real_{name}.tif")
+    assert np.array_equal(test, image[:, :, test_x])
+    assert len(np.unique(read(tmp_path / "test" / "labels" / f"real_{name}.tif"))) - 1 == nuclei[1]
+    late = read(tmp_path / "test" / "labels" / f"real_{name}_late.tif")
+    assert len(np.unique(late)) - 1 == nuclei[1]
