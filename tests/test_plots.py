@@ -67,6 +67,16 @@ def test_single_timepoint_draws_its_quartiles():
     assert "25–75 %" in [t.get_text() for t in ax_volume.get_legend().get_texts()]
 
 
+def test_time_colour_bar_only_when_time_varies():
+    """The centroids' colour bar maps time: with several time points it spans them; one
+    time point has no scale to show (the bar once spanned t to t + 1), so the title names it."""
+    several = timeseries_figure([_summary(t, 1) for t in (2, 5)], [_nucleus(t, 1, 1.0, 2.0, 3.0) for t in (2, 5)])
+    (bar_ax,) = [ax for ax in several.axes if ax.get_ylabel() == "time point"]
+    assert bar_ax.get_ylim() == (2.0, 5.0)
+    one = timeseries_figure([_summary(3, 1)], [_nucleus(3, 1, 1.0, 2.0, 3.0)])
+    assert len(one.axes) == 4 and one.axes[3].get_title().endswith("time point 3")
+
+
 def test_timeseries_zero_nuclei(tmp_path):
     plot_timeseries([_summary(0, 0), _summary(1, 0)], [], tmp_path / "none.png")
     assert _read_png(tmp_path / "none.png").shape[1] > 1000
