@@ -7,8 +7,8 @@ the test, as recorded and as a simulated later stage ("late": the right part shr
 0.8x in every axis (smaller nuclei), dimmer, gamma-changed, bleached, noisier, and
 attenuated with depth). ``--train-part right`` swaps the two (the cross-validation's
 second fold: the right part trains, the left part is the test) and ``--train-part all``
-trains on all 8 nuclei with no test (the shipped model; the two folds estimate how its
-recipe does on nuclei it never saw). Validation uses a synthetic embryo and a dimmed copy of the
+trains on all 8 nuclei with no test (the two folds estimate how that recipe does on
+nuclei it never saw). Validation uses a synthetic embryo and a dimmed copy of the
 training part only. For the fine-tuning stage of
 train_embryo_small.py: ``train_real/`` is the real training part alone,
 ``val_finetune/`` its dimmed copy (the fine-tuning's best epoch) and ``val_real/`` the
@@ -34,12 +34,13 @@ writes OUT/train, OUT/val, OUT/train_real, OUT/val_finetune, OUT/val_real, OUT/v
 OUT/test (not with --train-part all), each with images/ labels/ nsn/; ndn/ (NDN targets) in train/, val/, train_real/
 and val_finetune/, and in val_real/ for real_PART_dim only; val_polar/ also has polar.json
 (file names carry the training part: real_left.tif, real_left_dim.tif, ... by default).
-ImageJ voxel sizes 0.8 x 0.8 x 1.75 um.
+ImageJ voxel sizes 0.8 x 0.8 x 1.75 um. Those folders are replaced when OUT already has them.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -52,6 +53,8 @@ from qca_tf.io import VoxelSize
 VOXEL = VoxelSize(0.8, 0.8, 1.75)
 CUT_X = 52
 REAL = Path("/work/shared/data/qcanet-example-8cell")
+#: The folders this script writes under OUT (and replaces when they exist)
+SPLITS = ("train", "val", "train_real", "val_finetune", "val_real", "val_polar", "test")
 
 
 def later_stage(image: np.ndarray, labels: np.ndarray, seed: int, zoom: float = 0.8
@@ -305,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--mosaic-polar: 0 to 4 polar bodies per mosaic")
     if a.mosaic_polar and not a.mosaics:
         ap.error("--mosaic-polar: needs --mosaics N > 0 (the polar bodies go beside the mosaics' nuclei)")
+    for split in SPLITS:  # built anew: files of an earlier build (another --train-part) must not stay
+        shutil.rmtree(a.out / split, ignore_errors=True)
     image = io.read_stack(a.real / "image.tif")
     labels, n = ndimage.label(io.read_stack(a.real / "nsn_gt.tif") > 0)
     ndn = io.read_stack(a.real / "ndn_gt.tif")
@@ -355,14 +360,12 @@ def main(argv: list[str] | None = None) -> int:
         write(a.out / "val_polar", f"synth{k}_polar.tif", frame.image, frame.labels, None)
         polar[f"synth{k}_polar.tif"] = frame.polar_centres_um.tolist()
     (a.out / "val_polar" / "polar.json").write_text(json.dumps(polar, indent=1))
-    splits = ["train", "val", "train_real", "val_finetune", "val_real", "val_polar"]
     if test is not None:  # the other part, never seen: as recorded and as a simulated later stage
         name = "right" if part == "left" else "left"
         test_lab, _ = ndimage.label(labels[test] > 0)
         write(a.out / "test", f"real_{name}.tif", image[test], test_lab, None)
         write(a.out / "test", f"real_{name}_late.tif", *later_stage(image[test], test_lab, seed=7), None)
-        splits.append("test")
-    for split in splits:
+    for split in (s for s in SPLITS if (a.out / s).exists()):
         names = sorted(p.name for p in (a.out / split / "images").glob("*.tif"))
         print(f"{split}: {', '.join(names)}")
     return 0

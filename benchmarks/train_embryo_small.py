@@ -104,6 +104,20 @@ def candidates(work: Path) -> dict[str, tuple[Path, Path]]:
             for a in folder for b in folder}
 
 
+def trained_part(folder: Path) -> str:
+    """The real part (a ``--train-part``) a WORK folder or a bundle of this script was
+    trained on: the WORK's ``data/train_real`` file, or the part its bundle description
+    names (every description names it)."""
+    if (folder / "qcanet.json").exists():
+        description = json.loads((folder / "qcanet.json").read_text()).get("description", "")
+        named = [part for part, name in PART_NAME.items() if f"({name})" in description]
+    else:
+        named = [part for part in PART_NAME if (folder / "data" / "train_real" / "images" / f"real_{part}.tif").exists()]
+    if len(named) != 1:
+        sys.exit(f"{folder}: cannot tell which part of the real stack it was trained on")
+    return named[0]
+
+
 def short_name(name: str, work: Path) -> str:
     """A candidate's name for the bundle description, without this run's folder path."""
     if name.startswith(f"{work} "):
@@ -177,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train-part", choices=("left", "right", "all"), default="left",
                     help="the real part that trains, validates and chooses (embryo_small_data.py --train-part): left "
                          "(3 nuclei; the held-out test is the right part, 5 nuclei), right (the cross-validation's "
-                         "second fold: test = the left part) or all 8 nuclei (no held-out test; the shipped model)"),
+                         "second fold: test = the left part) or all 8 nuclei (no held-out test)")
     ap.add_argument("--compare", type=Path, nargs="+", default=[], metavar="RUN_OR_BUNDLE",
                     help="more candidates for the choice: other WORK folders (their stages) or bundles")
     a = ap.parse_args(argv)
@@ -188,8 +202,16 @@ def main(argv: list[str] | None = None) -> int:
     if a.reuse and not (data / "val_polar" / "polar.json").exists():
         sys.exit(f"{data / 'val_polar'}: missing (a data folder from before the polar-body check): "
                  "rerun without --reuse")
-    if a.reuse and not (data / "train_real" / "images" / f"real_{a.train_part}.tif").exists():
-        sys.exit(f"{data}: not built with --train-part {a.train_part}: rerun without --reuse")
+    for folder in (data, w / "data_ndn"):
+        if a.reuse and not (folder / "train_real" / "images" / f"real_{a.train_part}.tif").exists():
+            sys.exit(f"{folder}: not built with --train-part {a.train_part}: rerun without --reuse")
+    compare = {}
+    for other in a.compare:  # a candidate trained on this run's test part would have seen the test
+        other = other.resolve()
+        if trained_part(other) != a.train_part:
+            sys.exit(f"--compare {other}: trained with --train-part {trained_part(other)}, this run with "
+                     f"{a.train_part}: its networks may have seen this run's test")
+        compare |= candidates(other)
     if not (a.reuse and finished):
         t = time.perf_counter()
         builder = [sys.executable, ROOT / "benchmarks" / "embryo_small_data.py"]
@@ -225,11 +247,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     t = time.perf_counter()
     pairs = candidates(w)
-    for other in a.compare:
-        more = candidates(other.resolve())
-        if set(more) & set(pairs):
-            sys.exit(f"--compare {other}: already a candidate")
-        pairs |= more
+    if set(compare) & set(pairs):
+        sys.exit(f"--compare: {w} is this run")
+    pairs |= compare
     name, thr, ndn_thr, best = choose(data / "val_real", pairs, data / "val_polar")
     print(f"chosen: {name}, --nsn-threshold {thr} --ndn-threshold {ndn_thr} (val_polar: "
           f"{best['polar_kept']} polar bodies kept as nuclei; val_real (IoU + MUCov) / 2 = "

@@ -140,7 +140,7 @@ def timeseries_figure(summary_rows: list[dict[str, Any]], nucleus_rows: list[dic
     ax3d.set_title("Nuclear centres of gravity" + (f" ({MAX_CENTROIDS} random of {len(xyz)})"
                                                    if len(keep) < len(xyz) else "")
                    + (f"\n{time_unit} {lo:g}" if one_time else ""), fontsize=10)
-    if not one_time:  # a colour scale of time needs two time points; one is named in the title
+    if known.size and hi > lo:  # a colour scale of time needs two time points; one is named in the title
         bar = fig.colorbar(ScalarMappable(norm=norm, cmap="viridis"), ax=ax3d, shrink=0.7, pad=0.1, label=time_unit)
         bar.ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     return fig

@@ -113,26 +113,49 @@ def stand_in(tmp_path_factory):
                                                             ("right", slice(52, None), slice(0, 52), (5, 3)),
                                                             ("all", slice(None), None, (8, 0))])
 def test_each_fold_trains_on_its_part_and_tests_on_the_other(stand_in, tmp_path, part, train_x, test_x, nuclei):
-    """The cross-validation's folds: the training, validation and choice folders hold only
-    the training part's nuclei; the test holds only the other part (none for 'all')."""
+    """The cross-validation's folds: the training, validation and choice folders are made
+    from the training part alone (each volume rebuilt here from that part with the same
+    seeds); the test holds only the other part (none for 'all')."""
     real, image = stand_in
-    assert esd.main([str(tmp_path), "--real", str(real), "--train-part", part]) == 0
+    assert esd.main([str(tmp_path), "--real", str(real), "--train-part", part, "--mosaics", "1",
+                     "--mosaic-polar", "1"]) == 0
     read = esd.io.read_stack
-    name = {"left": "right", "right": "left"}.get(part)
+    labels = ndimage.label(read(real / "nsn_gt.tif") > 0)[0][:, :, train_x]
+    im, cen = image[:, :, train_x], read(real / "ndn_gt.tif")[:, :, train_x]
     train = read(tmp_path / "train_real" / "images" / f"real_{part}.tif")
-    assert np.array_equal(train, image[:, :, train_x])
+    assert np.array_equal(train, im)
     assert np.array_equal(read(tmp_path / "train" / "images" / f"real_{part}.tif"), train)
     assert len(np.unique(read(tmp_path / "train_real" / "labels" / f"real_{part}.tif"))) - 1 == nuclei[0]
-    # validation and the choice see the training part only (its dimmed copy, its simulated later stage, mosaics)
-    assert np.array_equal(read(tmp_path / "val_real" / "labels" / f"real_{part}_dim.tif"),
-                          read(tmp_path / "train_real" / "labels" / f"real_{part}.tif"))
-    assert sorted(p.name for p in (tmp_path / "val_real" / "images").iterdir()) == sorted(
-        ["mosaic60.tif", "mosaic61_late.tif", f"real_{part}_dim.tif", f"real_{part}_late.tif"])
+    mosaic = esd.add_polar_bodies(*esd.real_mosaic(im, labels, cen, seed=40)[:2], im, labels, 1, seed=40)[0]
+    assert np.array_equal(read(tmp_path / "train" / "images" / "mosaic40.tif"), mosaic)
+    dim = esd.dimmed(im, 5)
+    for split in ("val", "val_finetune", "val_real"):
+        assert np.array_equal(read(tmp_path / split / "images" / f"real_{part}_dim.tif"), dim)
+    assert np.array_equal(read(tmp_path / "val_real" / "images" / f"real_{part}_late.tif"),
+                          esd.later_stage(im, labels, seed=8)[0])
+    assert np.array_equal(read(tmp_path / "val_real" / "images" / "mosaic60.tif"),
+                          esd.real_mosaic(im, labels, cen, seed=60)[0])
+    polar = esd.add_polar_bodies(*esd.real_mosaic(im, labels, cen, seed=62)[:2], im, labels, 3, seed=62)[0]
+    assert np.array_equal(read(tmp_path / "val_polar" / "images" / "mosaic62_polar.tif"), polar)
     if test_x is None:
         assert not (tmp_path / "test").exists()
         return
-    test = read(tmp_path / "test" / "images" / f"real_{name}.tif")
-    assert np.array_equal(test, image[:, :, test_x])
+    name = {"left": "right", "right": "left"}[part]
+    assert sorted(p.name for p in (tmp_path / "test" / "images").iterdir()) == [f"real_{name}.tif",
+                                                                                f"real_{name}_late.tif"]
+    assert np.array_equal(read(tmp_path / "test" / "images" / f"real_{name}.tif"), image[:, :, test_x])
     assert len(np.unique(read(tmp_path / "test" / "labels" / f"real_{name}.tif"))) - 1 == nuclei[1]
     late = read(tmp_path / "test" / "labels" / f"real_{name}_late.tif")
     assert len(np.unique(late)) - 1 == nuclei[1]
+
+
+def test_a_rebuild_for_another_part_leaves_nothing_of_the_first(stand_in, tmp_path):
+    """Building the second fold where the first was built must not leave the first fold's
+    files: its training part is the second fold's test."""
+    real, _ = stand_in
+    assert esd.main([str(tmp_path), "--real", str(real), "--train-part", "left"]) == 0
+    (tmp_path / "notes.txt").write_text("mine")  # not the script's: kept
+    assert esd.main([str(tmp_path), "--real", str(real), "--train-part", "all"]) == 0
+    names = {p.name for p in tmp_path.rglob("*.tif")}
+    assert not {n for n in names if "left" in n or "right" in n}
+    assert not (tmp_path / "test").exists() and (tmp_path / "notes.txt").read_text() == "mine"

@@ -75,6 +75,7 @@ def test_time_colour_bar_only_when_time_varies():
     assert bar_ax.get_ylim() == (2.0, 5.0)
     one = timeseries_figure([_summary(3, 1)], [_nucleus(3, 1, 1.0, 2.0, 3.0)])
     assert len(one.axes) == 4 and one.axes[3].get_title().endswith("time point 3")
+    assert len(timeseries_figure([], []).axes) == 4  # no time point: no scale either
 
 
 def test_timeseries_zero_nuclei(tmp_path):
