@@ -54,6 +54,10 @@ def flag_message(message: str, typed: list[str]) -> str:
     return f"invalid {flag}: {message[m.end():]}"
 
 
+#: The group's logging flags, accepted before or after the command's name
+LOG_FLAGS = frozenset({"-v", "-vv", "-vvv", "--verbose", "-q", "--quiet"})
+
+
 class QcaGroup(click.Group):
     """Turns library errors and bad flags into one-line messages instead of tracebacks
     or usage blocks; a config check failing on a flag the user typed names that flag,
@@ -70,6 +74,14 @@ class QcaGroup(click.Group):
             raise click.ClickException("interrupted; run the same command again to resume") from None
         except click.UsageError as exc:
             raise _one_line(exc) from None
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        # -v / -q are the group's, but people type them after the command too
+        # (qca-tf predict STACK -v): moved in front of it, up to a literal "--"
+        end = args.index("--") if "--" in args else len(args)
+        moved = [a for a in args[:end] if a in LOG_FLAGS]
+        rest = [a for a in args[:end] if a not in LOG_FLAGS] + args[end:]
+        return super().parse_args(ctx, moved + rest)
 
     def make_context(self, *args, **kwargs) -> click.Context:
         try:

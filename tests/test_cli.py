@@ -21,6 +21,15 @@ def test_synth_writes_layout_with_voxel_size(tmp_path):
     assert io.read_voxel_size(tmp_path / "s" / "images" / "t0000.tif") == VOXEL
 
 
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_verbose_before_or_after_the_command(tmp_path, where):
+    """-v is the group's flag; typed after the command (qca-tf synth OUT -v) it works the same."""
+    cmd = ["synth", tmp_path / "s", "--shape", 12, 48, 48, "--nuclei", 3]
+    res = invoke(*(["-v", *cmd] if where == "before" else [*cmd, "-v"]))
+    assert res.exit_code == 0, res.output
+    assert "DEBUG qca_tf.io: wrote" in res.output
+
+
 def test_train_cli_one_epoch_and_summary(synth_dataset, tmp_path):
     root, _ = synth_dataset
     res = invoke("train", "nsn", "--data", root, "--out", tmp_path / "m", "--epochs", 1, "--patch", 16,
