@@ -53,6 +53,9 @@ from qca_tf.io import VoxelSize
 VOXEL = VoxelSize(0.8, 0.8, 1.75)
 CUT_X = 52
 REAL = Path("/work/shared/data/qcanet-example-8cell")
+#: --train-part: the real part that trains -> the part that is its held-out test (None:
+#: every nucleus trains). Its training file is OUT/train_real/images/real_PART.tif.
+TEST_PART = {"left": "right", "right": "left", "all": None}
 #: The folders this script writes under OUT (and replaces when they exist)
 SPLITS = ("train", "val", "train_real", "val_finetune", "val_real", "val_polar", "test")
 
@@ -80,6 +83,12 @@ def dimmed(image: np.ndarray, seed: int) -> np.ndarray:
     sig = np.clip(image.astype(np.float32) - bg, 0, None) * 0.6
     out = rng.poisson(sig) + bg + rng.normal(0, 4.0, sig.shape)
     return np.clip(out, 0, 65535).astype(np.uint16)
+
+
+def built_part(out: Path) -> str | None:
+    """The ``--train-part`` a folder OUT of this script was built with (None: not one)."""
+    named = [part for part in TEST_PART if (out / "train_real" / "images" / f"real_{part}.tif").exists()]
+    return named[0] if len(named) == 1 else None
 
 
 def write(root: Path, name: str, image: np.ndarray, labels: np.ndarray, ndn: np.ndarray | None) -> None:
@@ -295,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="N embryos of the real training part's nuclei, scaled and packed (real_mosaic) in train/")
     ap.add_argument("--mosaic-polar", type=int, default=0, metavar="N",
                     help="N polar bodies (bright, small, not nuclei) beside the nuclei of each training mosaic")
-    ap.add_argument("--train-part", choices=("left", "right", "all"), default="left",
+    ap.add_argument("--train-part", choices=tuple(TEST_PART), default="left",
                     help="the real part that trains and validates: left (x < 52, 3 nuclei; test = right, 5 nuclei), "
                          "right (5 nuclei; test = left: the second fold of a cross-validation) or all (8 nuclei, "
                          "no test)")
@@ -317,9 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     for piece in (left, right):  # the cut must not split a nucleus
         inside = set(np.unique(labels[piece])) - {0}
         assert not inside & (set(np.unique(labels[right if piece is left else left])) - {0}), "cut splits a nucleus"
-    part = a.train_part
-    train, test = {"left": (left, right), "right": (right, left), "all": (np.s_[:, :, :], None)}[part]
-    im, lab, cen = image[train], labels[train], ndn[train]
+    part, name = a.train_part, TEST_PART[a.train_part]
+    piece = {"left": left, "right": right, "all": np.s_[:, :, :]}
+    im, lab, cen = image[piece[part]], labels[piece[part]], ndn[piece[part]]
     for c in range(a.real_copies):
         write(a.out / "train", f"real_{part}.tif" if c == 0 else f"real_{part}_copy{c}.tif", im, lab, cen)
     edge = tuple(a.soft_edge) if a.soft_edge else None
@@ -360,11 +369,10 @@ def main(argv: list[str] | None = None) -> int:
         write(a.out / "val_polar", f"synth{k}_polar.tif", frame.image, frame.labels, None)
         polar[f"synth{k}_polar.tif"] = frame.polar_centres_um.tolist()
     (a.out / "val_polar" / "polar.json").write_text(json.dumps(polar, indent=1))
-    if test is not None:  # the other part, never seen: as recorded and as a simulated later stage
-        name = "right" if part == "left" else "left"
-        test_lab, _ = ndimage.label(labels[test] > 0)
-        write(a.out / "test", f"real_{name}.tif", image[test], test_lab, None)
-        write(a.out / "test", f"real_{name}_late.tif", *later_stage(image[test], test_lab, seed=7), None)
+    if name is not None:  # the other part, never seen: as recorded and as a simulated later stage
+        test_lab, _ = ndimage.label(labels[piece[name]] > 0)
+        write(a.out / "test", f"real_{name}.tif", image[piece[name]], test_lab, None)
+        write(a.out / "test", f"real_{name}_late.tif", *later_stage(image[piece[name]], test_lab, seed=7), None)
     for split in (s for s in SPLITS if (a.out / s).exists()):
         names = sorted(p.name for p in (a.out / split / "images").glob("*.tif"))
         print(f"{split}: {', '.join(names)}")

@@ -41,6 +41,8 @@ import sys
 import time
 from pathlib import Path
 
+from embryo_small_data import TEST_PART, built_part  # benchmarks/, the folder of this script
+
 ROOT = Path(__file__).resolve().parents[1]
 QCA = [sys.executable, "-m", "qca_tf.cli"]
 VOXEL = ["--voxel-size", "0.8", "0.8", "1.75"]
@@ -78,6 +80,7 @@ NDN_THRESHOLDS = (0.2, 0.35, 0.5)
 TTA = 8
 #: --train-part as the bundle description names it
 PART_NAME = {"left": "left part", "right": "right part", "all": "all 8 nuclei"}
+assert set(PART_NAME) == set(TEST_PART)
 
 
 def run(cmd: list[str], log: Path | None = None) -> subprocess.Popen:
@@ -106,16 +109,17 @@ def candidates(work: Path) -> dict[str, tuple[Path, Path]]:
 
 def trained_part(folder: Path) -> str:
     """The real part (a ``--train-part``) a WORK folder or a bundle of this script was
-    trained on: the WORK's ``data/train_real`` file, or the part its bundle description
-    names (every description names it)."""
+    trained on: the one its ``data`` folder was built with, or the part its bundle
+    description names (every description names it)."""
     if (folder / "qcanet.json").exists():
         description = json.loads((folder / "qcanet.json").read_text()).get("description", "")
         named = [part for part, name in PART_NAME.items() if f"({name})" in description]
+        part = named[0] if len(named) == 1 else None
     else:
-        named = [part for part in PART_NAME if (folder / "data" / "train_real" / "images" / f"real_{part}.tif").exists()]
-    if len(named) != 1:
+        part = built_part(folder / "data")
+    if part is None:
         sys.exit(f"{folder}: cannot tell which part of the real stack it was trained on")
-    return named[0]
+    return part
 
 
 def short_name(name: str, work: Path) -> str:
@@ -188,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"N polar bodies beside the nuclei of each training mosaic (needs --mosaics > 0; the shipped "
                          f"model: {MOSAIC_POLAR})")
     ap.add_argument("--train-only", action="store_true", help="stop after stage 2 (no choice, no test)")
-    ap.add_argument("--train-part", choices=("left", "right", "all"), default="left",
+    ap.add_argument("--train-part", choices=tuple(TEST_PART), default="left",
                     help="the real part that trains, validates and chooses (embryo_small_data.py --train-part): left "
                          "(3 nuclei; the held-out test is the right part, 5 nuclei), right (the cross-validation's "
                          "second fold: test = the left part) or all 8 nuclei (no held-out test)")
@@ -203,13 +207,13 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(f"{data / 'val_polar'}: missing (a data folder from before the polar-body check): "
                  "rerun without --reuse")
     for folder in (data, w / "data_ndn"):
-        if a.reuse and not (folder / "train_real" / "images" / f"real_{a.train_part}.tif").exists():
+        if a.reuse and built_part(folder) != a.train_part:
             sys.exit(f"{folder}: not built with --train-part {a.train_part}: rerun without --reuse")
     compare = {}
     for other in a.compare:  # a candidate trained on this run's test part would have seen the test
         other = other.resolve()
-        if trained_part(other) != a.train_part:
-            sys.exit(f"--compare {other}: trained with --train-part {trained_part(other)}, this run with "
+        if (part := trained_part(other)) != a.train_part:
+            sys.exit(f"--compare {other}: trained with --train-part {part}, this run with "
                      f"{a.train_part}: its networks may have seen this run's test")
         compare |= candidates(other)
     if not (a.reuse and finished):
@@ -276,12 +280,12 @@ def main(argv: list[str] | None = None) -> int:
 
     for step, s in times.items():
         print(f"time {step}: {s / 60:.1f} min")
-    if not tests:
-        print("no held-out test: every real nucleus trained (the cross-validation's folds left and right estimate "
-              "how this recipe does on nuclei it never saw)")
     keys = ("iou", "mucov", "seg", "det_precision", "det_recall", "tp@0.5", "fp@0.5", "fn@0.5")
     if tests:
         print("held-out test  " + "  ".join(f"{k:>13}" for k in keys))
+    else:
+        print("no held-out test: every real nucleus trained (the cross-validation's folds left and right estimate "
+              "how this recipe does on nuclei it never saw)")
     for name, ev in scores.items():
         row = ev["per_timepoint"][0]
         print(f"{name:15s}" + "  ".join(f"{row[k]:13.4f}" for k in keys))
