@@ -49,6 +49,7 @@ from scipy import ndimage
 
 from qca_tf import io, synthetic
 from qca_tf.io import VoxelSize
+from qca_tf.labels import annotation_offset
 
 VOXEL = VoxelSize(0.8, 0.8, 1.75)
 CUT_X = 52
@@ -58,6 +59,8 @@ REAL = Path("/work/shared/data/qcanet-example-8cell")
 TEST_PART = {"left": "right", "right": "left", "all": None}
 #: The folders this script writes under OUT (and replaces when they exist)
 SPLITS = ("train", "val", "train_real", "val_finetune", "val_real", "val_polar", "test")
+#: --align-annotation: the training part's measured annotation offset, under OUT
+OFFSET_FILE = "annotation_offset.json"
 
 
 def later_stage(image: np.ndarray, labels: np.ndarray, seed: int, zoom: float = 0.8
@@ -75,6 +78,21 @@ def later_stage(image: np.ndarray, labels: np.ndarray, seed: int, zoom: float = 
     sig = sig * ramp
     out = rng.poisson(np.clip(sig, 0, None) * 0.5) / 0.5 + bg + rng.normal(0, 6.0, sig.shape)
     return np.clip(out, 0, 65535).astype(np.uint16), lab.astype(np.uint16)
+
+
+def moved(image: np.ndarray, offset_um: tuple[float, float, float]) -> np.ndarray:
+    """``image`` (z, y, x) moved by ``offset_um`` (z, y, x um at VOXEL; cubic spline, borders
+    repeated), same dtype: the image onto an annotation that lies ``offset_um`` from it."""
+    shift = [o / s for o, s in zip(offset_um, VOXEL.zyx)]
+    out = ndimage.shift(image.astype(np.float32), shift, order=3, mode="nearest")
+    return np.clip(np.rint(out), 0, np.iinfo(image.dtype).max).astype(image.dtype)
+
+
+def annotation_offset_of(out: Path) -> tuple[float, float, float] | None:
+    """The annotation offset (z, y, x um) a data folder's training part was aligned with
+    (``--align-annotation``), or None when it was built without."""
+    path = out / OFFSET_FILE
+    return tuple(json.loads(path.read_text())["annotation_offset_um"]) if path.exists() else None
 
 
 def dimmed(image: np.ndarray, seed: int) -> np.ndarray:
@@ -308,6 +326,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="the real part that trains and validates: left (x < 52, 3 nuclei; test = right, 5 nuclei), "
                          "right (5 nuclei; test = left: the second fold of a cross-validation) or all (8 nuclei, "
                          "no test)")
+    ap.add_argument("--align-annotation", action="store_true",
+                    help="move the real training part's image onto its annotation (the offset measured on that part "
+                         "by qca_tf.labels.annotation_offset, written to OUT/annotation_offset.json) before anything "
+                         "is built from it; the test stays as recorded")
     a = ap.parse_args(argv)
     if not 0 <= a.late_synth <= 19:  # training seeds 11.. must stay below val_real's seed 30
         ap.error("--late-synth: 0 to 19 embryos")
@@ -319,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--mosaic-polar: needs --mosaics N > 0 (the polar bodies go beside the mosaics' nuclei)")
     for split in SPLITS:  # built anew: files of an earlier build (another --train-part) must not stay
         shutil.rmtree(a.out / split, ignore_errors=True)
+    (a.out / OFFSET_FILE).unlink(missing_ok=True)
     image = io.read_stack(a.real / "image.tif")
     labels, n = ndimage.label(io.read_stack(a.real / "nsn_gt.tif") > 0)
     ndn = io.read_stack(a.real / "ndn_gt.tif")
@@ -329,6 +352,13 @@ def main(argv: list[str] | None = None) -> int:
     part, name = a.train_part, TEST_PART[a.train_part]
     piece = {"left": left, "right": right, "all": np.s_[:, :, :]}
     im, lab, cen = image[piece[part]], labels[piece[part]], ndn[piece[part]]
+    if a.align_annotation:
+        offset = annotation_offset(im, lab, VOXEL.zyx)
+        im = moved(im, offset)
+        a.out.mkdir(parents=True, exist_ok=True)
+        (a.out / OFFSET_FILE).write_text(json.dumps({"train_part": part, "annotation_offset_um": offset}) + "\n")
+        print(f"annotation offset of the {part} part: ({', '.join(f'{v:+.3f}' for v in offset)}) um (z, y, x); "
+              "its image moved onto the annotation")
     for c in range(a.real_copies):
         write(a.out / "train", f"real_{part}.tif" if c == 0 else f"real_{part}_copy{c}.tif", im, lab, cen)
     edge = tuple(a.soft_edge) if a.soft_edge else None

@@ -34,6 +34,7 @@ Prints each step's wall time, the validation table and the held-out scores.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import shutil
 import subprocess
@@ -41,7 +42,7 @@ import sys
 import time
 from pathlib import Path
 
-from embryo_small_data import TEST_PART, built_part  # benchmarks/, the folder of this script
+from embryo_small_data import TEST_PART, annotation_offset_of, built_part  # benchmarks/, the folder of this script
 
 ROOT = Path(__file__).resolve().parents[1]
 QCA = [sys.executable, "-m", "qca_tf.cli"]
@@ -129,13 +130,20 @@ def short_name(name: str, work: Path) -> str:
     return f"{name.rsplit('/', 1)[-1]} (another run)"
 
 
-def choose(val: Path, pairs: dict[str, tuple[Path, Path]], polar: Path, tta: int = TTA) -> tuple[str, float, float, dict]:
-    """(pair name, NSN threshold, NDN threshold, scores): among the settings that keep the
-    fewest polar bodies of ``polar`` (images/ + labels/ + polar.json: their centres, z, y,
-    x um, per image file) as nuclei of their own, the one with the best mean (IoU + MUCov)
-    / 2 on the validation folder ``val`` (images/ + labels/). The networks run once per
-    volume and pair, averaged over ``tta`` xy transforms (qca_tf.search.postprocess_search
-    caches their probabilities)."""
+def _um(offset: tuple[float, float, float]) -> str:
+    return "(" + ", ".join(f"{v:+.2f}" for v in offset) + ") um"
+
+
+def choose(val: Path, pairs: dict[str, tuple[Path, Path]], polar: Path, tta: int = TTA,
+           offsets: tuple[tuple[float, float, float], ...] = ((0.0, 0.0, 0.0),)
+           ) -> tuple[str, float, float, tuple[float, float, float], dict]:
+    """(pair name, NSN threshold, NDN threshold, annotation offset, scores): among the
+    settings that keep the fewest polar bodies of ``polar`` (images/ + labels/ +
+    polar.json: their centres, z, y, x um, per image file) as nuclei of their own, the one
+    with the best mean (IoU + MUCov) / 2 on the validation folder ``val`` (images/ +
+    labels/). Each pair is scored at each of ``offsets`` (the post-processing's
+    ``annotation_offset_um``). The networks run once per volume and pair, averaged over
+    ``tta`` xy transforms (qca_tf.search.postprocess_search caches their probabilities)."""
     from qca_tf.bundle import load_networks
     from qca_tf.config import InferenceConfig, PostprocessConfig
     from qca_tf.io import VoxelSize
@@ -156,21 +164,21 @@ def choose(val: Path, pairs: dict[str, tuple[Path, Path]], polar: Path, tta: int
         nets = load_networks(nsn=nsn, ndn=ndn, infer_cfg=infer)
         volumes = cache_probabilities(nets, truths, infer, progress=False)
         polar_volumes = cache_probabilities(nets, polar_truths, infer, progress=False)
-        for thr in NSN_THRESHOLDS:
-            for ndn_thr in NDN_THRESHOLDS:
-                post = PostprocessConfig(nsn_threshold=thr, ndn_threshold=ndn_thr)
-                s = score(post, volumes, nets.spacing_um)
-                with quiet_postprocess():  # thresholds explored on purpose: "too few markers" is not news
-                    where = [polar_kept(instance_labels(post, nets.spacing_um, v.shape, v.nsn, v.ndn, v.name), v.gt,
-                                        centres[t.image.name], v.voxel.zyx)
-                             for t, v in zip(polar_truths, polar_volumes)]
-                s["polar_kept"] = sum(w["kept"] for w in where)
-                s["polar_merged"] = sum(w["merged"] for w in where)
-                table[(name, thr, ndn_thr)] = s
-                print(f"val_real: {name}, thresholds NSN {thr} NDN {ndn_thr}: (IoU + MUCov) / 2 = "
-                      f"{(s['iou'] + s['mucov']) / 2:.4f} (IoU {s['iou']:.3f}, MUCov {s['mucov']:.3f}, "
-                      f"nuclei {s['nuclei']:.1f}); val_polar: of {n_polar} polar "
-                      f"bodies {s['polar_kept']} kept as nuclei, {s['polar_merged']} in a nucleus's mask", flush=True)
+        for thr, ndn_thr, offset in itertools.product(NSN_THRESHOLDS, NDN_THRESHOLDS, offsets):
+            post = PostprocessConfig(nsn_threshold=thr, ndn_threshold=ndn_thr, annotation_offset_um=offset)
+            s = score(post, volumes, nets.spacing_um)
+            with quiet_postprocess():  # thresholds explored on purpose: "too few markers" is not news
+                where = [polar_kept(instance_labels(post, nets.spacing_um, v.shape, v.nsn, v.ndn, v.name), v.gt,
+                                    centres[t.image.name], v.voxel.zyx)
+                         for t, v in zip(polar_truths, polar_volumes)]
+            s["polar_kept"] = sum(w["kept"] for w in where)
+            s["polar_merged"] = sum(w["merged"] for w in where)
+            table[(name, thr, ndn_thr, offset)] = s
+            shown = f", annotation offset {_um(offset)}" if len(offsets) > 1 else ""
+            print(f"val_real: {name}, thresholds NSN {thr} NDN {ndn_thr}{shown}: (IoU + MUCov) / 2 = "
+                  f"{(s['iou'] + s['mucov']) / 2:.4f} (IoU {s['iou']:.3f}, MUCov {s['mucov']:.3f}, "
+                  f"nuclei {s['nuclei']:.1f}); val_polar: of {n_polar} polar "
+                  f"bodies {s['polar_kept']} kept as nuclei, {s['polar_merged']} in a nucleus's mask", flush=True)
     fewest = min(v["polar_kept"] for v in table.values())
     allowed = [k for k in table if table[k]["polar_kept"] == fewest]
     best = max(allowed, key=lambda k: (table[k]["iou"] + table[k]["mucov"]) / 2)
@@ -196,6 +204,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="the real part that trains, validates and chooses (embryo_small_data.py --train-part): left "
                          "(3 nuclei; the held-out test is the right part, 5 nuclei), right (the cross-validation's "
                          "second fold: test = the left part) or all 8 nuclei (no held-out test)")
+    ap.add_argument("--align-annotation", action="store_true",
+                    help="train on the real part moved onto its annotation (embryo_small_data.py --align-annotation) "
+                         "and record the measured offset in the bundle, so that its labels follow the annotation's "
+                         "frame on stacks as recorded")
     ap.add_argument("--compare", type=Path, nargs="+", default=[], metavar="RUN_OR_BUNDLE",
                     help="more candidates for the choice: other WORK folders (their stages) or bundles")
     a = ap.parse_args(argv)
@@ -209,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     for folder in (data, w / "data_ndn"):
         if a.reuse and built_part(folder) != a.train_part:
             sys.exit(f"{folder}: not built with --train-part {a.train_part}: rerun without --reuse")
+        if a.reuse and (annotation_offset_of(folder) is not None) != a.align_annotation:
+            sys.exit(f"{folder}: built {'without' if a.align_annotation else 'with'} --align-annotation: rerun "
+                     "without --reuse")
     compare = {}
     for other in a.compare:  # a candidate trained on this run's test part would have seen the test
         other = other.resolve()
@@ -220,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         builder = [sys.executable, ROOT / "benchmarks" / "embryo_small_data.py"]
         extra = ["--mosaics", str(a.mosaics), "--mosaic-polar", str(a.mosaic_polar)] if a.mosaics else []
-        extra += ["--train-part", a.train_part]
+        extra += ["--train-part", a.train_part] + (["--align-annotation"] if a.align_annotation else [])
         wait(run([*builder, data, "--real", a.real, *NSN_DATA, *extra]),
              run([*builder, w / "data_ndn", "--real", a.real, *NDN_DATA, *extra]))
         times["data"] = time.perf_counter() - t
@@ -254,41 +269,48 @@ def main(argv: list[str] | None = None) -> int:
     if set(compare) & set(pairs):
         sys.exit(f"--compare: {w} is this run")
     pairs |= compare
-    name, thr, ndn_thr, best = choose(data / "val_real", pairs, data / "val_polar")
+    name, thr, ndn_thr, _, best = choose(data / "val_real", pairs, data / "val_polar")
     print(f"chosen: {name}, --nsn-threshold {thr} --ndn-threshold {ndn_thr} (val_polar: "
           f"{best['polar_kept']} polar bodies kept as nuclei; val_real (IoU + MUCov) / 2 = "
           f"{(best['iou'] + best['mucov']) / 2:.4f})")
     nsn, ndn = pairs[name]
     bundle = w / "embryo-small"
     shutil.rmtree(bundle, ignore_errors=True)
+    offset = annotation_offset_of(data)  # the training part's, measured by the data script (--align-annotation)
+    aligned = (f"; trained on the real part moved onto its annotation, labels moved by its offset "
+               f"{_um(offset)}" if offset else "")
     wait(run([*QCA, "bundle", "--nsn", nsn, "--ndn", ndn, "--out", bundle, "--nsn-threshold", str(thr),
-              "--ndn-threshold", str(ndn_thr), "--tta", str(TTA), *VOXEL, "--description",
+              "--ndn-threshold", str(ndn_thr), "--tta", str(TTA), *VOXEL,
+              *(["--annotation-offset", *map(str, offset)] if offset else []), "--description",
               f"QCANet 8-cell mouse embryo ({PART_NAME[a.train_part]}), {a.mosaics} mosaics of its nuclei ({a.mosaic_polar} polar "
               f"bodies each) and synthetic embryos; stage 2 = fine-tuned on the real part; chosen: "
-              f"{short_name(name, w)}, NSN threshold {thr} with test-time augmentation {TTA}; see "
+              f"{short_name(name, w)}, NSN threshold {thr} with test-time augmentation {TTA}{aligned}; see "
               f"docs/models/embryo-small.md"]))
     scores = {}
     tests = sorted(p.stem for p in (data / "test" / "images").glob("*.tif"))  # none when trained on every nucleus
-    for name in tests:
-        pred = w / "pred" / name
-        wait(run([*QCA, "predict", data / "test" / "images" / f"{name}.tif", "--model", bundle, *VOXEL,
+    # with --align-annotation also the same networks with the labels left on the image
+    frames = {"": []} | ({" (image frame)": ["--annotation-offset", "0", "0", "0"]} if offset else {})
+    for name, (frame, flags) in itertools.product(tests, frames.items()):
+        pred, key = w / "pred" / f"{name}{frame.replace(' ', '_')}", f"{name}{frame}"
+        wait(run([*QCA, "predict", data / "test" / "images" / f"{name}.tif", "--model", bundle, *VOXEL, *flags,
                   "--out", pred, "--overwrite"]))
         wait(run([*QCA, "evaluate", "--pred", pred / "labels", "--gt", data / "test" / "labels" / f"{name}.tif",
-                  *VOXEL, "--json", w / f"eval_{name}.json"]))
-        scores[name] = json.loads((w / f"eval_{name}.json").read_text())
+                  *VOXEL, "--json", pred / "eval.json"]))
+        scores[key] = json.loads((pred / "eval.json").read_text())
     times["bundle + predict + evaluate"] = time.perf_counter() - t
 
     for step, s in times.items():
         print(f"time {step}: {s / 60:.1f} min")
     keys = ("iou", "mucov", "seg", "det_precision", "det_recall", "tp@0.5", "fp@0.5", "fn@0.5")
+    width = max([len("held-out test"), *map(len, scores)]) + 2
     if tests:
-        print("held-out test  " + "  ".join(f"{k:>13}" for k in keys))
+        print(f"{'held-out test':{width}s}" + "  ".join(f"{k:>13}" for k in keys))
     else:
         print("no held-out test: every real nucleus trained (the cross-validation's folds left and right estimate "
               "how this recipe does on nuclei it never saw)")
     for name, ev in scores.items():
         row = ev["per_timepoint"][0]
-        print(f"{name:15s}" + "  ".join(f"{row[k]:13.4f}" for k in keys))
+        print(f"{name:{width}s}" + "  ".join(f"{row[k]:13.4f}" for k in keys))
     if a.ship:
         dest = ROOT / "qca_tf" / "pretrained" / "embryo-small"
         if dest.exists():

@@ -2,9 +2,10 @@
 with them, the unit ``qca-tf predict --model`` loads (by folder or by registered name,
 see :mod:`qca_tf.registry`).
 
-A bundle folder (format ``qca_tf.bundle/3``)::
+A bundle folder (format ``qca_tf.bundle/4``)::
 
-    qcanet.json   format, postprocess (PostprocessConfig), tta (the test-time
+    qcanet.json   format, postprocess (PostprocessConfig, with the annotation
+                  offset the labels are moved by), tta (the test-time
                   augmentation its thresholds were chosen with: 1, 4 or 8, see
                   :data:`qca_tf.infer.TTA_TRANSFORMS`), description (what data the
                   networks were trained on), voxel_size_um (x, y, z of that data, or
@@ -12,8 +13,8 @@ A bundle folder (format ``qca_tf.bundle/3``)::
     nsn/, ndn/    model folders (see :mod:`qca_tf.modelio`)
 
 Formats 1 (``{"format": "qca_tf.bundle/1", "postprocess": {...}}``: no description, no
-voxel size) and 2 (no tta: 1) are migrated on load; a newer format is refused with a
-ModelError that says to upgrade qca_tf.
+voxel size), 2 (no tta: 1) and 3 (no annotation offset: 0) are migrated on load; a
+newer format is refused with a ModelError that says to upgrade qca_tf.
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 
 BUNDLE_FILE = "qcanet.json"
 BUNDLE_FORMAT_NAME = "qca_tf.bundle"
-BUNDLE_FORMAT_VERSION = 3
+BUNDLE_FORMAT_VERSION = 4
 BUNDLE_FORMAT = f"{BUNDLE_FORMAT_NAME}/{BUNDLE_FORMAT_VERSION}"
 _KEYS = {"format", "postprocess", "tta", "description", "voxel_size_um", "qca_tf_version"}
 
@@ -149,6 +150,7 @@ def _migrate(meta: dict, version: int, path: Path) -> dict:
         version = 2
     if version == 2:  # 2 -> 3: tta added (before it, predict ran without test-time augmentation)
         meta.setdefault("tta", 1)
+    # 3 -> 4: postprocess.annotation_offset_um added; its default (0, 0, 0) is what format 3 did
     meta["format"] = BUNDLE_FORMAT
     return meta
 
@@ -167,6 +169,9 @@ def read_bundle(folder: str | os.PathLike) -> Bundle:
     version = format_version(meta.get("format"), BUNDLE_FORMAT_NAME, BUNDLE_FORMAT_VERSION, path)
     if version < 3 and "tta" in meta:  # format 2 predicted without it: a tta there was not written by qca_tf
         raise ConfigError(f"{path}: key 'tta' came with format 3; write \"format\": \"{BUNDLE_FORMAT}\" to use it")
+    if version < 4 and "annotation_offset_um" in (meta.get("postprocess") or {}):
+        raise ConfigError(f"{path}: key 'postprocess.annotation_offset_um' came with format 4; write "
+                          f"\"format\": \"{BUNDLE_FORMAT}\" to use it")
     meta = _migrate(meta, version, path)
     unknown = sorted(set(meta) - _KEYS)
     if unknown:

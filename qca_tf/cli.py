@@ -159,6 +159,24 @@ def _voxel_option(f):
                         help="Voxel size in micrometres (x y z); overrides the files' metadata.")(f)
 
 
+def _finite_offset(ctx, param, value):
+    """--annotation-offset Z Y X: three finite micrometres, refused by the flag's name otherwise."""
+    if value:
+        for axis, v in zip("zyx", value):
+            if not math.isfinite(v):
+                raise click.BadParameter(f"{axis}={v:g} must be a finite number of micrometres (Z Y X)")
+    return value
+
+
+def _offset_option(default, hint: str = ""):
+    """--annotation-offset of predict and bundle (PostprocessConfig.annotation_offset_um)."""
+    return click.option("--annotation-offset", nargs=3, type=float, default=default, metavar="Z Y X",
+                        callback=_finite_offset, show_default=default is not None,
+                        help="Where the training annotation lies relative to its image, in µm (z y x; "
+                             "qca_tf.labels.annotation_offset measures it): the labels are moved by it so that "
+                             f"they follow the annotation's frame; 0 0 0 keeps them on the image{hint}.")
+
+
 # ------------------------------------------------------------------------- synth
 
 
@@ -463,6 +481,7 @@ def _parse_shard(value: str | None) -> tuple[int, int]:
 @click.option("--min-volume", type=click.FloatRange(0), default=None, metavar="UM3",
               help=f"Drop instances smaller than this volume in µm³ (fragments, not nuclei); 0 keeps all "
                    f"[the bundle's, else {_P.min_volume_um3:g}].")
+@_offset_option(default=None, hint=" [the bundle's, else 0 0 0]")
 @click.option("--precision", type=click.Choice(PRECISIONS),
               default=PRECISIONS[0], show_default=True, help="auto: mixed_float16 on a GPU; on a CPU, bf16 with the openvino engine where the CPU has bf16 units "
                    "(AMX or AVX512_BF16), else float32.")
@@ -485,7 +504,7 @@ def _parse_shard(value: str | None) -> tuple[int, int]:
 @click.option("--shard", default=None, metavar="I/N", help="Process every N-th time point starting at I (job arrays).")
 @click.option("--sequential", is_flag=True, help="Do not overlap reading/watershed with the networks.")
 def predict(inputs, out_dir: Path, bundle, nsn, ndn, voxel_size, channels, nsn_threshold, ndn_threshold, min_marker_size,
-            marker_gap, min_volume, precision, tile, max_memory, batch_size, jit, engine, tta, save_masks,
+            marker_gap, min_volume, annotation_offset, precision, tile, max_memory, batch_size, jit, engine, tta, save_masks,
             no_quicklook, overwrite, shard, sequential) -> None:
     """Segment INPUTS (3D TIFFs, 4D t-z-y-x TIFFs or folders) into instance labels and criteria.
 
@@ -525,7 +544,8 @@ def predict(inputs, out_dir: Path, bundle, nsn, ndn, voxel_size, channels, nsn_t
     nets = load_networks(nsn=nsn, ndn=ndn, bundle=bundle, infer_cfg=infer_cfg)
     overrides = {k: v for k, v in {"nsn_threshold": nsn_threshold, "ndn_threshold": ndn_threshold,
                                    "min_marker_size": min_marker_size, "marker_gap_um": marker_gap,
-                                   "min_volume_um3": min_volume}.items()
+                                   "min_volume_um3": min_volume,
+                                   "annotation_offset_um": tuple(annotation_offset) if annotation_offset else None}.items()
                  if v is not None}
     if overrides:
         nets.postprocess = dataclasses.replace(nets.postprocess, **overrides)
@@ -619,8 +639,9 @@ def export(model_dir: Path, out_dir: Path, overwrite: bool) -> None:
 @click.option("--tta", type=_TTA, default="1", show_default=True,
               help="Test-time augmentation `qca-tf predict` uses with this bundle by default: the one the "
                    "thresholds were chosen with.")
+@_offset_option(default=_P.annotation_offset_um)
 def bundle(nsn: Path, ndn: Path, out_dir: Path, nsn_threshold, ndn_threshold, min_marker_size, marker_gap, min_volume,
-           description, voxel_size, tta) -> None:
+           description, voxel_size, tta, annotation_offset) -> None:
     """Combine an NSN and an NDN model folder and post-processing parameters into one
     QCANet bundle for `qca-tf predict --model` (weights only: no optimiser state)."""
     from qca_tf.config import PostprocessConfig
@@ -629,7 +650,8 @@ def bundle(nsn: Path, ndn: Path, out_dir: Path, nsn_threshold, ndn_threshold, mi
     from qca_tf.bundle import make_bundle
 
     post = PostprocessConfig(nsn_threshold=nsn_threshold, ndn_threshold=ndn_threshold,
-                             min_marker_size=min_marker_size, min_volume_um3=min_volume, marker_gap_um=marker_gap)
+                             min_marker_size=min_marker_size, min_volume_um3=min_volume, marker_gap_um=marker_gap,
+                             annotation_offset_um=tuple(annotation_offset))
     make_bundle(out_dir, nsn, ndn, post, description=description,
                 voxel_size_um=tuple(voxel_size) if voxel_size else None, tta=int(tta))
     click.echo(f"bundle written to {out_dir}")

@@ -257,16 +257,25 @@ class PostprocessConfig:
     dropped. ``min_volume_um3``:
     instances smaller than this (um^3, after the watershed) are fragments, not nuclei,
     and are dropped (20 um^3 is a sphere of 3.4 um diameter; the smallest mouse
-    embryo nuclei, late blastocyst, are about 100 um^3); 0 keeps everything."""
+    embryo nuclei, late blastocyst, are about 100 um^3); 0 keeps everything.
+    ``annotation_offset_um`` (z, y, x): where the training annotation lies relative to
+    its image (:func:`qca_tf.labels.annotation_offset`); the probabilities are moved by it
+    before the thresholds, so that the labels follow the annotation's frame (networks
+    trained with flips cannot learn such an offset); (0, 0, 0) leaves them on the image."""
 
     nsn_threshold: float = 0.5
     ndn_threshold: float = 0.5
     min_marker_size: int = 0
     min_volume_um3: float = 20.0
     marker_gap_um: float = 0.8
+    annotation_offset_um: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
     def __post_init__(self) -> None:
         s = "postprocess"
+        offset = self.annotation_offset_um
+        _check(isinstance(offset, tuple) and len(offset) == 3
+               and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in offset),
+               s, "annotation_offset_um", f"{offset!r} is not three numbers (z, y, x um)")
         for key in ("nsn_threshold", "ndn_threshold"):
             _check(0 < float(getattr(self, key)) < 1, s, key, "must be in (0, 1)")
         _check(isinstance(self.min_marker_size, int) and self.min_marker_size >= 0, s, "min_marker_size",

@@ -55,3 +55,34 @@ def centroids(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     ids = np.flatnonzero(count[1:]) + 1
     centres = (sums[:, ids] / count[ids]).T
     return ids.astype(np.int64), np.ascontiguousarray(centres)
+
+
+def annotation_offset(image: np.ndarray, labels: np.ndarray, spacing_zyx: tuple[float, float, float],
+                      margin: int = 4) -> tuple[float, float, float]:
+    """Where an annotation lies relative to its image, (z, y, x) um: per instance of
+    ``labels`` (z, y, x, ids > 0), the translation that best aligns its mask with the
+    image's signal above background (``image`` minus its 5th percentile, in the instance's
+    bounding box grown by ``margin`` voxels; cross-correlation to 1/10 voxel), negated;
+    the median over instances. An annotation drawn on the image gives about (0, 0, 0);
+    one drawn half a voxel up in y gives about (0, -0.5 * spacing_y, 0)."""
+    from scipy import ndimage
+    from skimage.registration import phase_cross_correlation
+
+    labels = as_label_image("labels", labels)
+    image = np.asarray(image, dtype=np.float32)
+    if image.shape != labels.shape:
+        raise InputError(f"image: shape {image.shape} differs from the labels' shape {labels.shape}")
+    signal = np.clip(image - np.percentile(image, 5), 0, None)
+    shifts = []
+    for index, box in enumerate(ndimage.find_objects(labels), start=1):
+        if box is None:
+            continue
+        box = tuple(slice(max(0, b.start - margin), min(n, b.stop + margin)) for b, n in zip(box, labels.shape))
+        if not signal[box].any():
+            continue
+        mask = (labels[box] == index).astype(np.float32)
+        shift, _, _ = phase_cross_correlation(signal[box], mask, upsample_factor=10, normalization=None)
+        shifts.append(-np.asarray(shift, dtype=float) * np.asarray(spacing_zyx, dtype=float))
+    if not shifts:
+        raise InputError("labels: no annotated instance with signal in the image")
+    return tuple(round(float(v), 3) for v in np.median(shifts, axis=0))  # type: ignore[return-value]

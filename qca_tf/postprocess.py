@@ -177,10 +177,24 @@ def _warn_on_markers(mask: np.ndarray, markers: np.ndarray, min_volume_um3: floa
                        where, n_markers, n, min_volume_um3)
 
 
+def to_annotation_frame(prob: np.ndarray, offset_um: Sequence[float],
+                        spacing_zyx: Sequence[float] = (1.0, 1.0, 1.0)) -> np.ndarray:
+    """``prob`` (z, y, x, grid spacing ``spacing_zyx`` um) moved by ``offset_um`` (z, y, x
+    um; :attr:`PostprocessConfig.annotation_offset_um`): linear interpolation, borders
+    repeated. The array itself when the offset is zero."""
+    prob = _check_3d("prob", prob)
+    spacing = _check_spacing(spacing_zyx)
+    if not any(offset_um):
+        return prob
+    return ndimage.shift(prob.astype(np.float32, copy=False), [o / s for o, s in zip(offset_um, spacing)],
+                         order=1, mode="nearest")
+
+
 def instances_from_probabilities(nsn_prob: np.ndarray, ndn_prob: np.ndarray | None, cfg: PostprocessConfig,
                                  spacing_zyx: Sequence[float] = (1.0, 1.0, 1.0), name: str = "") -> np.ndarray:
     """Instance labels (z, y, x, int32, 1..N) from NSN and NDN foreground probabilities
-    (z, y, x, same shape, grid spacing ``spacing_zyx`` in um): ``prob > threshold``
+    (z, y, x, same shape, grid spacing ``spacing_zyx`` in um): both moved by
+    ``cfg.annotation_offset_um`` (:func:`to_annotation_frame`), ``prob > threshold``
     masks, then :func:`markers_from_ndn` (``cfg.marker_gap_um``, ``cfg.min_marker_size``),
     :func:`watershed_instances` and :func:`drop_small_instances` (``cfg.min_volume_um3``).
 
@@ -188,7 +202,7 @@ def instances_from_probabilities(nsn_prob: np.ndarray, ndn_prob: np.ndarray | No
     (prefixed with ``name``) says when NDN gave no marker (connected-components fallback)
     or far fewer markers than NSN components (see :func:`_warn_on_markers`).
     """
-    nsn_prob = _check_3d("nsn_prob", nsn_prob)
+    nsn_prob = to_annotation_frame(_check_3d("nsn_prob", nsn_prob), cfg.annotation_offset_um, spacing_zyx)
     spacing = _check_spacing(spacing_zyx)
     nsn_mask = nsn_prob > cfg.nsn_threshold
     if ndn_prob is None:
@@ -198,6 +212,7 @@ def instances_from_probabilities(nsn_prob: np.ndarray, ndn_prob: np.ndarray | No
         if nsn_prob.shape != ndn_prob.shape:
             raise InputError(f"ndn_prob: shape {ndn_prob.shape} differs from the NSN probability shape "
                              f"{nsn_prob.shape}")
+        ndn_prob = to_annotation_frame(ndn_prob, cfg.annotation_offset_um, spacing)
         markers = markers_from_ndn(ndn_prob > cfg.ndn_threshold, cfg.min_marker_size, cfg.marker_gap_um, spacing,
                                    within=nsn_mask)
         _warn_on_markers(nsn_mask, markers, cfg.min_volume_um3, spacing, name)

@@ -43,7 +43,10 @@ LOCK = ".run.lock"
 _TEMP = re.compile(r"^\.(?P<target>.+)\.[A-Za-z0-9_]{8}\.(tmp|h5|png)$")
 _POST_KEYS_TO_FLAGS = {"nsn_threshold": "--nsn-threshold", "ndn_threshold": "--ndn-threshold",
                        "min_marker_size": "--min-marker-size", "min_volume_um3": "--min-volume",
-                       "marker_gap_um": "--marker-gap"}
+                       "marker_gap_um": "--marker-gap", "annotation_offset_um": "--annotation-offset"}
+#: Post-processing keys added after runs were first recorded, with the value that gives what
+#: the older qca_tf did: a record without the key was made with it.
+_POST_KEYS_BEFORE = {"annotation_offset_um": [0.0, 0.0, 0.0]}
 
 
 # ------------------------------------------------------------------ identity
@@ -132,7 +135,7 @@ def difference(recorded: dict, identity: dict, source: dict) -> str | None:
             return f"with another {task.upper()} model (sha256 {_short(old)}..., now {_short(new)}...)"
     old_post = old_run.get("postprocess") or {}
     for key, new in identity["postprocess"].items():
-        if old_post.get(key) != new:
+        if old_post.get(key, _POST_KEYS_BEFORE.get(key)) != new:
             flag = _POST_KEYS_TO_FLAGS.get(key, key)
             if key not in old_post:
                 return f"before {flag} existed (by an older qca_tf; now {flag} {new})"

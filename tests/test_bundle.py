@@ -119,15 +119,16 @@ def _meta(folder, payload: dict) -> None:
     (folder / "qcanet.json").write_text(json.dumps(payload))
 
 
-def test_bundle_round_trip_and_format_1_2_migration(bundles, tmp_path):
+def test_bundle_round_trip_and_format_1_2_3_migration(bundles, tmp_path):
     root, _ = bundles
-    out = make_bundle(tmp_path / "b", root / "mixed" / "nsn", root / "mixed" / "ndn",
-                      PostprocessConfig(nsn_threshold=0.4, min_marker_size=3), description="two test networks",
-                      voxel_size_um=(0.8, 0.8, 1.75), tta=8)
+    post = PostprocessConfig(nsn_threshold=0.4, min_marker_size=3, annotation_offset_um=(-0.35, -0.4, 0.25))
+    out = make_bundle(tmp_path / "b", root / "mixed" / "nsn", root / "mixed" / "ndn", post,
+                      description="two test networks", voxel_size_um=(0.8, 0.8, 1.75), tta=8)
     meta = read_json(out / "qcanet.json")
-    assert meta["format"] == BUNDLE_FORMAT == "qca_tf.bundle/3" and meta["tta"] == 8
+    assert meta["format"] == BUNDLE_FORMAT == "qca_tf.bundle/4" and meta["tta"] == 8
+    assert meta["postprocess"]["annotation_offset_um"] == [-0.35, -0.4, 0.25]
     b = read_bundle(out)
-    assert b.postprocess == PostprocessConfig(nsn_threshold=0.4, min_marker_size=3)
+    assert b.postprocess == post
     assert b.description == "two test networks" and b.voxel_size_um == (0.8, 0.8, 1.75) and b.tta == 8
     _meta(out, {"format": "qca_tf.bundle/1", "postprocess": {"nsn_threshold": 0.3, "ndn_threshold": 0.6,
                                                               "min_marker_size": 2}})
@@ -139,11 +140,20 @@ def test_bundle_round_trip_and_format_1_2_migration(bundles, tmp_path):
     _meta(out, {"format": "qca_tf.bundle/2", "postprocess": {}, "description": "d", "voxel_size_um": None})
     two = read_bundle(out)
     assert two.tta == 1 and two.description == "d"  # format 2 predicted without test-time augmentation
+    _meta(out, {"format": "qca_tf.bundle/3", "postprocess": {"nsn_threshold": 0.6}, "tta": 8})
+    three = read_bundle(out)  # format 3 left the labels on the image
+    assert three.postprocess == PostprocessConfig(nsn_threshold=0.6) and three.postprocess.annotation_offset_um == (0, 0, 0)
 
 
 @pytest.mark.parametrize("payload,error,pattern", [
-    ({"format": "qca_tf.bundle/4", "postprocess": {}}, ModelError,
-     "written in qca_tf.bundle format 4 by a newer qca_tf; .*upgrade qca_tf"),
+    ({"format": "qca_tf.bundle/5", "postprocess": {}}, ModelError,
+     "written in qca_tf.bundle format 5 by a newer qca_tf; .*upgrade qca_tf"),
+    ({"format": "qca_tf.bundle/3", "postprocess": {"annotation_offset_um": [0, 0.4, 0]}}, ConfigError,
+     "key 'postprocess.annotation_offset_um' came with format 4"),
+    ({"format": "qca_tf.bundle/4", "postprocess": {"annotation_offset_um": [0, 0.4]}}, ConfigError,
+     r"invalid postprocess.annotation_offset_um: \(0, 0.4\) is not three numbers"),
+    ({"format": "qca_tf.bundle/4", "postprocess": {"annotation_offset_um": [0, "x", 0]}}, ConfigError,
+     "invalid postprocess.annotation_offset_um"),
     ({"format": "qca_tf.bundle/3", "postprocess": {}, "tta": 2}, ConfigError, "tta 2 is not one of 1, 4, 8"),
     ({"format": "qca_tf.bundle/2", "postprocess": {}, "tta": 8}, ConfigError, "key 'tta' came with format 3"),
     ({"format": "qca_tf.bundle/3", "postprocess": {}, "tta": True}, ConfigError, "tta true is not one of"),
@@ -182,13 +192,17 @@ def test_bundle_cli_copies_weights_only(bundles, tmp_path):
         (src / task / ".resume").mkdir()
     res = invoke("bundle", "--nsn", src / "nsn", "--ndn", src / "ndn", "--out", tmp_path / "b",
                  "--description", "test embryos", "--voxel-size", 0.8, 0.8, 1.75, "--nsn-threshold", 0.45,
-                 "--tta", 4)
+                 "--tta", 4, "--annotation-offset", -0.35, -0.4, 0)
     assert res.exit_code == 0, res.output
     for task in ("nsn", "ndn"):
         assert sorted(p.name for p in (tmp_path / "b" / task).iterdir()) == ["config.json", "weights.h5"]
     b = read_bundle(tmp_path / "b")
     assert b.description == "test embryos" and b.voxel_size_um == (0.8, 0.8, 1.75)
-    assert b.postprocess.nsn_threshold == 0.45 and b.tta == 4
+    assert b.postprocess.nsn_threshold == 0.45 and b.tta == 4 and b.postprocess.annotation_offset_um == (-0.35, -0.4, 0)
+    res = invoke("bundle", "--nsn", src / "nsn", "--ndn", src / "ndn", "--out", tmp_path / "c",
+                 "--annotation-offset", 0, "nan", 0)
+    assert res.exit_code != 0 and "z=0, y=nan" not in res.output and "y=nan must be a finite number" in res.output
+    assert not (tmp_path / "c").exists()
 
 
 # ------------------------------------------------------------------ named models

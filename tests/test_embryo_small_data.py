@@ -159,3 +159,36 @@ def test_a_rebuild_for_another_part_leaves_nothing_of_the_first(stand_in, tmp_pa
     names = {p.name for p in tmp_path.rglob("*.tif")}
     assert not {n for n in names if "left" in n or "right" in n}
     assert not (tmp_path / "test").exists() and (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_align_annotation_moves_the_training_part_onto_its_annotation(tmp_path):
+    """A stand-in whose image lies one voxel down in y and one up in x from its annotation
+    (annotation offset (0, -0.8, +0.8) um): --align-annotation measures that on the
+    training part, records it, and moves only that part's image onto the annotation; the
+    test stays as recorded; a rebuild without the flag drops the record."""
+    rng = np.random.default_rng(1)
+    z, y, x = np.indices((51, 120, 122))
+    nsn = np.zeros((51, 120, 122), np.uint8)
+    signal = np.zeros((51, 120, 122), np.float32)
+    for cz, cy, cx in [(25, 30, 20), (20, 75, 28), (30, 95, 38), (25, 25, 70), (22, 60, 75)]:
+        nsn[((z - cz) / 5.0) ** 2 + ((y - cy) / 10.0) ** 2 + ((x - cx) / 10.0) ** 2 <= 1] = 255
+        signal += np.exp(-(((z - cz) / 5.0) ** 2 + ((y - cy - 1) / 10.0) ** 2 + ((x - cx + 1) / 10.0) ** 2) ** 2)
+    image = (100 + 500 * signal + rng.normal(0, 5, nsn.shape)).clip(0, 65535).astype(np.uint16)
+    real = tmp_path / "real"
+    for name, a in (("image.tif", image), ("nsn_gt.tif", nsn), ("ndn_gt.tif", np.zeros_like(nsn))):
+        esd.io.write_stack(real / name, a, esd.VOXEL)
+    out = tmp_path / "out"
+    assert esd.main([str(out), "--real", str(real), "--align-annotation"]) == 0
+    offset = esd.annotation_offset_of(out)
+    np.testing.assert_allclose(offset, (0.0, -0.8, 0.8), atol=0.1)
+    read = esd.io.read_stack
+    train = read(out / "train_real" / "images" / "real_left.tif")
+    assert np.array_equal(train, esd.moved(image[:, :, :52], offset))
+    assert np.array_equal(read(out / "train" / "images" / "real_left.tif"), train)
+    assert np.array_equal(read(out / "val_real" / "images" / "real_left_dim.tif"), esd.dimmed(train, 5))
+    labels = read(out / "train_real" / "labels" / "real_left.tif")
+    np.testing.assert_allclose(esd.annotation_offset(train, labels, esd.VOXEL.zyx), (0, 0, 0), atol=0.1)
+    assert np.array_equal(read(out / "test" / "images" / "real_right.tif"), image[:, :, 52:])
+    assert esd.main([str(out), "--real", str(real)]) == 0
+    assert esd.annotation_offset_of(out) is None
+    assert np.array_equal(read(out / "train_real" / "images" / "real_left.tif"), image[:, :, :52])

@@ -4,6 +4,7 @@ and checks its inputs before TensorFlow loads."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import shutil
@@ -16,6 +17,7 @@ import pytest
 import tifffile
 
 from cli_helpers import invoke, one_line_error
+from conftest import VOXEL
 
 QUIET = ("--no-quicklook",)
 
@@ -314,6 +316,57 @@ def test_record_from_before_tta_counts_as_without_it():
     assert resume.difference(recorded, now, source) is None
     now["inference"]["tta"] = 8
     assert resume.difference(recorded, now, source) == "with --tta 1 (now 8)"
+
+
+def test_record_from_before_the_annotation_offset_counts_as_without_it():
+    """Records written before --annotation-offset existed left the labels on the image: the
+    same run with offset 0 is skipped as before, one with an offset is refused."""
+    from qca_tf import resume
+
+    source = {"path": "x.tif", "size": 1, "mtime_ns": 2, "index": None, "channels": None,
+              "voxel_size_um": [0.8, 0.8, 1.75]}
+    run = {"models": {"nsn": "a" * 64, "ndn": None}, "inference": {"tta": 1}, "qca_tf_version": "0.1.0"}
+    recorded = {"run": {**run, "postprocess": {"nsn_threshold": 0.5}}, "input": source}
+    now = {**run, "postprocess": {"nsn_threshold": 0.5, "annotation_offset_um": [0.0, 0.0, 0.0]}}
+    assert resume.difference(recorded, now, source) is None
+    now["postprocess"]["annotation_offset_um"] = [0.0, -0.4, 0.0]
+    assert resume.difference(recorded, now, source) == ("before --annotation-offset existed (by an older qca_tf; "
+                                                        "now --annotation-offset [0.0, -0.4, 0.0])")
+
+
+def test_annotation_offset_moves_predicted_labels(trained_bundle, synth_dataset, tmp_path):
+    """`qca-tf predict --annotation-offset` (and a bundle recording the offset) moves every
+    nucleus by the offset in um, records it, and a rerun with another offset is refused."""
+    from scipy import ndimage
+
+    from qca_tf.bundle import read_bundle, save_bundle
+
+    bundle, _ = trained_bundle
+    root, _ = synth_dataset
+    images = _images(root / "images", tmp_path / "images", names=("t0000",))
+    offset = (-1.0, 0.8, -1.6)
+    res = invoke("predict", images, "--model", bundle, "--out", tmp_path / "plain", *QUIET)
+    assert res.exit_code == 0, res.output
+    res = invoke("predict", images, "--model", bundle, "--out", tmp_path / "moved", "--annotation-offset", *offset, *QUIET)
+    assert res.exit_code == 0, res.output
+    recorded = read_bundle(bundle)
+    with_offset = tmp_path / "bundle_offset"
+    shutil.copytree(bundle, with_offset)
+    save_bundle(with_offset, dataclasses.replace(recorded.postprocess, annotation_offset_um=offset),
+                description=recorded.description, voxel_size_um=recorded.voxel_size_um, tta=recorded.tta)
+    res = invoke("predict", images, "--model", with_offset, "--out", tmp_path / "bundled", *QUIET)
+    assert res.exit_code == 0, res.output
+    plain, moved = (tifffile.imread(tmp_path / o / "labels" / "t0000.tif") for o in ("plain", "moved"))
+    np.testing.assert_array_equal(moved, tifffile.imread(tmp_path / "bundled" / "labels" / "t0000.tif"))
+    recorded_offset = json.loads((tmp_path / "moved" / "run.json").read_text())["identity"]["postprocess"]
+    np.testing.assert_allclose(recorded_offset["annotation_offset_um"], offset)
+    voxel = np.array(VOXEL.zyx)  # the synthetic series' voxel size
+    assert plain.max() == moved.max() > 0
+    for k in range(1, plain.max() + 1):  # the nuclei keep their order: ids by position
+        shift = (np.array(ndimage.center_of_mass(moved == k)) - ndimage.center_of_mass(plain == k)) * voxel
+        np.testing.assert_allclose(shift, offset, atol=0.5)
+    one_line_error(invoke("-q", "predict", images, "--model", bundle, "--out", tmp_path / "moved", *QUIET),
+                   "t0000 was made with --annotation-offset [-1.0, 0.8, -1.6] (now [0.0, 0.0, 0.0])", "--overwrite")
 
 
 def test_bundle_tta_is_predicts_default(trained_bundle, synth_dataset, tmp_path):
