@@ -169,7 +169,8 @@ def read_bundle(folder: str | os.PathLike) -> Bundle:
     version = format_version(meta.get("format"), BUNDLE_FORMAT_NAME, BUNDLE_FORMAT_VERSION, path)
     if version < 3 and "tta" in meta:  # format 2 predicted without it: a tta there was not written by qca_tf
         raise ConfigError(f"{path}: key 'tta' came with format 3; write \"format\": \"{BUNDLE_FORMAT}\" to use it")
-    if version < 4 and "annotation_offset_um" in (meta.get("postprocess") or {}):
+    post_meta = meta.get("postprocess")
+    if version < 4 and isinstance(post_meta, dict) and "annotation_offset_um" in post_meta:
         raise ConfigError(f"{path}: key 'postprocess.annotation_offset_um' came with format 4; write "
                           f"\"format\": \"{BUNDLE_FORMAT}\" to use it")
     meta = _migrate(meta, version, path)

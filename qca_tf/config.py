@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 import os
 import typing
 from dataclasses import dataclass
@@ -48,7 +49,8 @@ CONFIG_FLAGS = {"train.sgd_lr": "--lr", "train.sgd_momentum": "--momentum", "tra
                 "model.name": "NETWORK", "model.input_channels": "--channel", "data.channels": "--channel",
                 "data.rot90": "--no-rot90", "data.intensity_augment": "--no-intensity-augment",
                 "postprocess.min_volume_um3": "--min-volume",
-                "postprocess.marker_gap_um": "--marker-gap", "inference.max_memory_gb": "--max-memory"}
+                "postprocess.marker_gap_um": "--marker-gap", "postprocess.annotation_offset_um": "--annotation-offset",
+                "inference.max_memory_gb": "--max-memory"}
 
 
 def flag_for(section: str, key: str) -> str:
@@ -273,9 +275,11 @@ class PostprocessConfig:
     def __post_init__(self) -> None:
         s = "postprocess"
         offset = self.annotation_offset_um
-        _check(isinstance(offset, tuple) and len(offset) == 3
-               and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in offset),
+        _check(isinstance(offset, (tuple, list)) and len(offset) == 3
+               and all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+                       for v in offset),
                s, "annotation_offset_um", f"{offset!r} is not three numbers (z, y, x um)")
+        object.__setattr__(self, "annotation_offset_um", tuple(float(v) for v in offset))  # JSON lists, numpy scalars
         for key in ("nsn_threshold", "ndn_threshold"):
             _check(0 < float(getattr(self, key)) < 1, s, key, "must be in (0, 1)")
         _check(isinstance(self.min_marker_size, int) and self.min_marker_size >= 0, s, "min_marker_size",
@@ -358,8 +362,8 @@ def from_dict(cls: type[T], data: dict[str, Any], section: str | None = None) ->
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(f"unknown key {section}.{unknown[0]} (valid keys: {', '.join(sorted(names))})")
-    kwargs = {k: _coerce(hints[k], v) for k, v in data.items()}
     try:
+        kwargs = {k: _coerce(hints[k], v) for k, v in data.items()}
         return cls(**kwargs)
     except TypeError as exc:  # wrong types that the validators trip over
         raise ConfigError(f"{section}: {exc}") from None

@@ -60,11 +60,13 @@ def centroids(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def annotation_offset(image: np.ndarray, labels: np.ndarray, spacing_zyx: tuple[float, float, float],
                       margin: int = 4) -> tuple[float, float, float]:
     """Where an annotation lies relative to its image, (z, y, x) um: per instance of
-    ``labels`` (z, y, x, ids > 0), the translation that best aligns its mask with the
-    image's signal above background (``image`` minus its 5th percentile, in the instance's
-    bounding box grown by ``margin`` voxels; cross-correlation to 1/10 voxel), negated;
-    the median over instances. An annotation drawn on the image gives about (0, 0, 0);
-    one drawn half a voxel up in y gives about (0, -0.5 * spacing_y, 0)."""
+    ``labels`` (z, y, x, ids > 0; a mask with one id is split into its 6-connected
+    components), the translation that best aligns its mask with the image's signal above
+    background (``image`` minus its 5th percentile, in the instance's bounding box grown
+    by ``margin`` voxels; cross-correlation to 1/10 voxel), negated; the median over the
+    instances, leaving out those whose best translation exceeds ``margin`` voxels on an
+    axis (a neighbour's signal, not this nucleus). An annotation drawn on the image gives
+    about (0, 0, 0); one drawn half a voxel up in y gives about (0, -0.5 * spacing_y, 0)."""
     from scipy import ndimage
     from skimage.registration import phase_cross_correlation
 
@@ -72,6 +74,8 @@ def annotation_offset(image: np.ndarray, labels: np.ndarray, spacing_zyx: tuple[
     image = np.asarray(image, dtype=np.float32)
     if image.shape != labels.shape:
         raise InputError(f"image: shape {image.shape} differs from the labels' shape {labels.shape}")
+    if len(np.unique(labels)) == 2:  # a binary mask (e.g. 0/255): its nuclei are its components
+        labels = ndimage.label(labels > 0)[0]
     signal = np.clip(image - np.percentile(image, 5), 0, None)
     shifts = []
     for index, box in enumerate(ndimage.find_objects(labels), start=1):
@@ -82,6 +86,8 @@ def annotation_offset(image: np.ndarray, labels: np.ndarray, spacing_zyx: tuple[
             continue
         mask = (labels[box] == index).astype(np.float32)
         shift, _, _ = phase_cross_correlation(signal[box], mask, upsample_factor=10, normalization=None)
+        if np.abs(shift).max() > margin:
+            continue
         shifts.append(-np.asarray(shift, dtype=float) * np.asarray(spacing_zyx, dtype=float))
     if not shifts:
         raise InputError("labels: no annotated instance with signal in the image")

@@ -115,12 +115,17 @@ def instance_labels(cfg: PostprocessConfig, spacing_um: float, shape: tuple[int,
 
 def to_labels(nets: Networks, shape: tuple[int, int, int], nsn_prob: np.ndarray,
               ndn_prob: np.ndarray | None, name: str = "") -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Watershed on the network grid, then labels and masks back on the original grid.
+    """Watershed on the network grid, then labels and masks back on the original grid
+    (both moved by the bundle's annotation offset).
 
     Returns (labels uint16 1..N, nsn mask uint8 0/255, ndn mask uint8 0/255 or None), each ``shape``.
     """
     cfg = nets.postprocess
-    labels = instance_labels(cfg, nets.spacing_um, shape, nsn_prob, ndn_prob, name)
+    grid = (nets.spacing_um,) * 3  # moved once into the labels' frame, for the labels and the masks
+    nsn_prob = postprocess.to_annotation_frame(nsn_prob, cfg.annotation_offset_um, grid)
+    ndn_prob = None if ndn_prob is None else postprocess.to_annotation_frame(ndn_prob, cfg.annotation_offset_um, grid)
+    moved = dataclasses.replace(cfg, annotation_offset_um=(0.0, 0.0, 0.0))
+    labels = instance_labels(moved, nets.spacing_um, shape, nsn_prob, ndn_prob, name)
     nsn_mask = nsn_prob > cfg.nsn_threshold
     ndn_mask = None if ndn_prob is None else ndn_prob > cfg.ndn_threshold
     if labels.max() > np.iinfo(np.uint16).max:

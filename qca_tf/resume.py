@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from . import __version__
-from .config import to_dict, write_json_atomic
+from .config import flag_for, to_dict, write_json_atomic
 from .errors import OutputError
 
 log = logging.getLogger(__name__)
@@ -41,9 +41,6 @@ CLAIMS = ".claims"
 LOCK = ".run.lock"
 # atomic_path: prefix "." + target name + "." + mkstemp's 8 random characters + suffix
 _TEMP = re.compile(r"^\.(?P<target>.+)\.[A-Za-z0-9_]{8}\.(tmp|h5|png)$")
-_POST_KEYS_TO_FLAGS = {"nsn_threshold": "--nsn-threshold", "ndn_threshold": "--ndn-threshold",
-                       "min_marker_size": "--min-marker-size", "min_volume_um3": "--min-volume",
-                       "marker_gap_um": "--marker-gap", "annotation_offset_um": "--annotation-offset"}
 #: Post-processing keys added after runs were first recorded, with the value that gives what
 #: the older qca_tf did: a record without the key was made with it.
 _POST_KEYS_BEFORE = {"annotation_offset_um": [0.0, 0.0, 0.0]}
@@ -136,7 +133,7 @@ def difference(recorded: dict, identity: dict, source: dict) -> str | None:
     old_post = old_run.get("postprocess") or {}
     for key, new in identity["postprocess"].items():
         if old_post.get(key, _POST_KEYS_BEFORE.get(key)) != new:
-            flag = _POST_KEYS_TO_FLAGS.get(key, key)
+            flag = flag_for("postprocess", key)
             if key not in old_post:
                 return f"before {flag} existed (by an older qca_tf; now {flag} {new})"
             return f"with {flag} {old_post.get(key)} (now {new})"

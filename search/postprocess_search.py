@@ -48,9 +48,9 @@ NETWORK = "qcanet"
 PARAMS = ("nsn_threshold", "ndn_threshold", "min_marker_size", "marker_gap_um", "min_volume_um3")
 THRESHOLDS = (0.05, 0.95)
 METRICS = ("mucov", "seg", "det_f1", "iou", "nuclei")
-IDENTITY_KEYS = ("network", "model", "data", "space", "tta")
+IDENTITY_KEYS = ("network", "model", "data", "space", "tta", "annotation_offset_um")
 #: What a study made before a key existed was made with.
-_IDENTITY_BEFORE = {"tta": 1}
+_IDENTITY_BEFORE = {"tta": 1, "annotation_offset_um": [0.0, 0.0, 0.0]}
 
 
 @dataclass(frozen=True)
@@ -174,21 +174,23 @@ def cache_probabilities(nets, truths: list[Truth], infer_cfg, *, channels=None, 
 class PostSpace:
     """The searched ranges: thresholds in ``thresholds`` (widened to hold the bundle's
     values), marker size 0..``max_marker_size``, marker gap 0..``max_gap_um``, minimum
-    volume 0..``max_volume_um3``."""
+    volume 0..``max_volume_um3``; every trial keeps the bundle's ``annotation_offset_um``
+    (a property of its training annotation, not searched)."""
 
     nsn_threshold: tuple[float, float]
     ndn_threshold: tuple[float, float]
     max_marker_size: int
     max_gap_um: float
     max_volume_um3: float
+    annotation_offset_um: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
     def suggest(self, trial: optuna.Trial) -> PostprocessConfig:
-        return PostprocessConfig(
-            nsn_threshold=trial.suggest_float("nsn_threshold", *self.nsn_threshold),
-            ndn_threshold=trial.suggest_float("ndn_threshold", *self.ndn_threshold),
-            min_marker_size=trial.suggest_int("min_marker_size", 0, self.max_marker_size),
-            marker_gap_um=trial.suggest_float("marker_gap_um", 0.0, self.max_gap_um),
-            min_volume_um3=trial.suggest_float("min_volume_um3", 0.0, self.max_volume_um3))
+        return config_of({"nsn_threshold": trial.suggest_float("nsn_threshold", *self.nsn_threshold),
+                          "ndn_threshold": trial.suggest_float("ndn_threshold", *self.ndn_threshold),
+                          "min_marker_size": trial.suggest_int("min_marker_size", 0, self.max_marker_size),
+                          "marker_gap_um": trial.suggest_float("marker_gap_um", 0.0, self.max_gap_um),
+                          "min_volume_um3": trial.suggest_float("min_volume_um3", 0.0, self.max_volume_um3)},
+                         self.annotation_offset_um)
 
     def to_json(self) -> dict[str, Any]:
         return {"nsn_threshold": list(self.nsn_threshold), "ndn_threshold": list(self.ndn_threshold),
@@ -216,7 +218,7 @@ def make_space(shipped: PostprocessConfig, nets, truths: list[Truth]) -> PostSpa
     gap = ndn_cfg.ndn_diameter * float(nets.spacing_um)
     return PostSpace(widen(shipped.nsn_threshold), widen(shipped.ndn_threshold),
                      max(sphere, shipped.min_marker_size, 1), round(max(gap, float(shipped.marker_gap_um)), 3),
-                     round(max(half_median, float(shipped.min_volume_um3), 1.0), 3))
+                     round(max(half_median, float(shipped.min_volume_um3), 1.0), 3), shipped.annotation_offset_um)
 
 
 @contextlib.contextmanager
@@ -261,7 +263,8 @@ def open_post_study(cfg: PostSearchSettings, ident: dict[str, Any], storage) -> 
         recorded = attrs.get(k, _IDENTITY_BEFORE.get(k))
         if recorded != ident[k]:
             what = {"network": "network", "model": "--model", "data": "--data", "space": "search space",
-                    "tta": "test-time augmentation (the bundle's tta)"}[k]
+                    "tta": "test-time augmentation (the bundle's tta)",
+                    "annotation_offset_um": "annotation offset (the bundle's)"}[k]
             raise ConfigError(f"study {cfg.study!r} in {redact(cfg.storage) if cfg.storage else cfg.out} was "
                               f"created for another {what} ({recorded} vs {ident[k]}); use another --study "
                               f"or --out")
@@ -285,12 +288,14 @@ def params_of(cfg: PostprocessConfig) -> dict[str, Any]:
     return {k: getattr(cfg, k) for k in PARAMS}
 
 
-def config_of(params: dict[str, Any]) -> PostprocessConfig:
+def config_of(params: dict[str, Any], annotation_offset_um: tuple[float, float, float]) -> PostprocessConfig:
+    """The post-processing of a trial's ``params`` with the bundle's (unsearched) annotation offset."""
     return PostprocessConfig(nsn_threshold=float(params["nsn_threshold"]),
                              ndn_threshold=float(params["ndn_threshold"]),
                              min_marker_size=int(params["min_marker_size"]),
                              marker_gap_um=float(params["marker_gap_um"]),
-                             min_volume_um3=float(params["min_volume_um3"]))
+                             min_volume_um3=float(params["min_volume_um3"]),
+                             annotation_offset_um=annotation_offset_um)
 
 
 # ------------------------------------------------------------------ outputs
@@ -350,7 +355,7 @@ def search_postprocess(cfg: PostSearchSettings, *, storage_url: str | None = Non
     shipped = nets.postprocess
     space = make_space(shipped, nets, truths)
     ident = {"network": NETWORK, "model": str(folder.resolve()), "data": str(Path(cfg.data).resolve()),
-             "space": space.to_json(), "tta": source.tta}
+             "space": space.to_json(), "tta": source.tta, "annotation_offset_um": list(shipped.annotation_offset_um)}
     st.route_optuna_logs()  # one summary at the end, not a line per trial
     study = open_post_study(cfg, ident, storage)
     recover_dead(study)
@@ -374,7 +379,7 @@ def search_postprocess(cfg: PostSearchSettings, *, storage_url: str | None = Non
         raise ConfigError(f"study {cfg.study!r}: no completed trial to take parameters from")
     before = score(shipped, volumes, nets.spacing_um, cfg.match_distance_um)
     top = max(complete, key=lambda t: t.value)
-    best = config_of(top.params)
+    best = config_of(top.params, shipped.annotation_offset_um)
     after = score(best, volumes, nets.spacing_um, cfg.match_distance_um)
     if after["mucov"] < before["mucov"]:
         log.warning("no trial beat the bundle's own settings (MUCov %.4f vs %.4f); the new bundle keeps them",

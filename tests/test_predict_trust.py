@@ -347,7 +347,8 @@ def test_annotation_offset_moves_predicted_labels(trained_bundle, synth_dataset,
     offset = (-1.0, 0.8, -1.6)
     res = invoke("predict", images, "--model", bundle, "--out", tmp_path / "plain", *QUIET)
     assert res.exit_code == 0, res.output
-    res = invoke("predict", images, "--model", bundle, "--out", tmp_path / "moved", "--annotation-offset", *offset, *QUIET)
+    res = invoke("predict", images, "--model", bundle, "--out", tmp_path / "moved", "--annotation-offset", *offset,
+                 "--save-masks", *QUIET)
     assert res.exit_code == 0, res.output
     recorded = read_bundle(bundle)
     with_offset = tmp_path / "bundle_offset"
@@ -362,6 +363,8 @@ def test_annotation_offset_moves_predicted_labels(trained_bundle, synth_dataset,
     np.testing.assert_allclose(recorded_offset["annotation_offset_um"], offset)
     voxel = np.array(VOXEL.zyx)  # the synthetic series' voxel size
     assert plain.max() == moved.max() > 0
+    mask = tifffile.imread(tmp_path / "moved" / "nsn" / "t0000.tif") > 0  # the saved NSN mask moved with them
+    assert mask[moved > 0].all() and not mask[plain > 0].all()
     for k in range(1, plain.max() + 1):  # the nuclei keep their order: ids by position
         shift = (np.array(ndimage.center_of_mass(moved == k)) - ndimage.center_of_mass(plain == k)) * voxel
         np.testing.assert_allclose(shift, offset, atol=0.5)

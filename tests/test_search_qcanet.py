@@ -15,6 +15,7 @@ every nucleus.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -193,6 +194,35 @@ def test_score_is_what_predict_writes(case, known_networks, tmp_path):
                                   memory_gb=0.0, progress=False)
     assert all(isinstance(v.nsn, np.memmap) and (tmp_path / f"{v.name}.ndn.npy").exists() for v in spilled)
     assert score(good, spilled, nets.spacing_um) == score(good, volumes, nets.spacing_um)
+
+
+def test_search_keeps_the_bundles_annotation_offset(case, known_networks, tmp_path):
+    """A bundle's annotation offset is not searched: every trial, the 'before' score and the
+    tuned bundle keep it, and a study refuses the same bundle folder once its offset changed."""
+    from qca_tf.search.postprocess_search import cache_probabilities, read_ground_truth, score
+
+    root, data, _ = case
+    moved = tmp_path / "moved"
+    shutil.copytree(root / "bundle", moved)
+    src = read_bundle(moved)
+    offset = (0.0, 1.6, -0.8)
+    save_bundle(moved, dataclasses.replace(SHIPPED, annotation_offset_um=offset), description=src.description,
+                voxel_size_um=src.voxel_size_um, tta=src.tta)
+    out = tmp_path / "search"
+    args = ["search", "qcanet", "--model", moved, "--data", data, "--out", out, "--seed", "3"]
+    result = invoke(*args, "--trials", 6)
+    assert result.exit_code == 0, result.output
+    best = json.loads((out / "best_params.json").read_text())
+    assert best["postprocess"]["annotation_offset_um"] == list(offset)
+    assert read_bundle(out / "bundle").postprocess.annotation_offset_um == offset
+    nets = load_networks(bundle=moved, infer_cfg=InferenceConfig(precision="float32"))
+    volumes = cache_probabilities(nets, read_ground_truth(data), InferenceConfig(tta=src.tta), progress=False)
+    before = score(nets.postprocess, volumes, nets.spacing_um)
+    assert best["before"] == pytest.approx(before) and before != pytest.approx(score(SHIPPED, volumes, nets.spacing_um))
+    rows = _trials(out)
+    assert float(rows[0]["value"]) == pytest.approx(before["mucov"], abs=1e-6)  # the warm start, offset included
+    save_bundle(moved, SHIPPED, description=src.description, voxel_size_um=src.voxel_size_um, tta=src.tta)
+    one_line_error(invoke(*args, "--trials", 8), "another annotation offset")
 
 
 def test_bad_input_is_one_line(case, tmp_path):
